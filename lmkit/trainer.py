@@ -1,0 +1,331 @@
+"""The training loop: a small class with callbacks, used unchanged for pretraining and fine-tuning.
+
+AdamW with decoupled weight decay (Loshchilov & Hutter 2019) on matrices only, linear warm-up then
+cosine decay (Loshchilov & Hutter 2017), gradient clipping and accumulation, bf16 autocast on CUDA,
+optional ``torch.compile``, and DDP when started by ``torchrun``. Notebooks attach live plots through
+callbacks (``on_step``, ``on_eval``, ``on_checkpoint``) instead of copying the loop.
+
+Data objects need one method, ``batch(batch_size, generator, device) -> (x, y)`` with x, y (B, T)
+int64: ``lmkit.data.TokenDataset`` is one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .device import autocast, autocast_dtype, enable_tf32, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 600  # optimizer steps: ~2.5 min on 2 CPU cores at the default model size
+    batch_size: int = 32  # sequences per micro-batch (per process under DDP)
+    grad_accum_steps: int = 1  # micro-batches per step: a bigger effective batch in the same memory
+    learning_rate: float = 3e-3  # peak; models this small train fastest at 1e-3..3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak (Chinchilla uses 0.1)
+    warmup_steps: int = 50  # linear warm-up keeps early Adam updates from blowing up
+    lr_schedule: str = "cosine"  # "cosine" | "linear" | "constant" (after warm-up)
+    weight_decay: float = 0.1  # on weight matrices only; not on norms, biases, embeddings
+    beta1: float = 0.9
+    beta2: float = 0.99  # 0.99 rather than 0.999: small batches give noisy second moments
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    eval_interval: int = 200  # steps between evaluations (and checkpoints, when a run_dir is set)
+    eval_batches: int = 20  # batches averaged per evaluation
+    log_interval: int = 10  # steps between rows written to metrics.jsonl
+    checkpoint_interval: int | None = None  # None = checkpoint at every evaluation
+    keep_last: int | None = None  # keep only the newest k checkpoints; None = keep all
+    device: str = "auto"  # "auto" = cuda > mps > cpu
+    dtype: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "float32" / "bfloat16"
+    compile: bool = False  # torch.compile: faster on GPUs, ~30 s warm-up, no gain for tiny CPU models
+    seed: int = 1337  # batch sampling (per rank) and dropout
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self):
+        positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name}={v!r} must be a positive integer")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps!r} must be an integer >= 0")
+        if self.lr_schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; use 'cosine', 'linear' or 'constant'")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r} must be > 0 or None")
+        for name in ("checkpoint_interval", "keep_last"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"TrainConfig.{name}={v!r} must be None or a positive integer")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then the chosen decay."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    floor = cfg.learning_rate * cfg.min_lr_ratio
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 → 1
+    if cfg.lr_schedule == "cosine":
+        return floor + 0.5 * (cfg.learning_rate - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.lr_schedule == "linear":
+        return cfg.learning_rate - (cfg.learning_rate - floor) * min(progress, 1.0)
+    return cfg.learning_rate
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on Linear weight matrices only: norms, biases and embeddings are left alone."""
+    no_decay_types = (torch.nn.Embedding, torch.nn.LayerNorm)
+    skip = {id(p) for m in model.modules() if isinstance(m, no_decay_types) for p in m.parameters(recurse=False)}
+    decay, other = [], []
+    for p in model.parameters():  # each shared (tied) tensor once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in skip else other).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+class Callback:
+    """Override any of these; each gets the trainer, so it can read ``trainer.step``, ``.model``, ..."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step(self, trainer: Trainer, metrics: dict) -> None: ...
+    def on_eval(self, trainer: Trainer, metrics: dict) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class Trainer:
+    """Train ``model`` on ``train_data``; evaluate on ``val_data``; checkpoint into ``run_dir``.
+
+    ``trainer.train()`` returns the metric history as a DataFrame (also ``trainer.metrics``).
+    ``resume_from`` (a checkpoint or run folder) restores weights, optimizer, RNG states and step,
+    so the resumed run continues with exactly the batches and dropout masks it would have had.
+    """
+
+    def __init__(self, model, config: TrainConfig, train_data, val_data=None, *, tokenizer=None,
+                 run_dir=None, callbacks=(), resume_from=None, parent: str | None = None):
+        self.config = cfg = config
+        self.dist, self.device = init_distributed(cfg.device)
+        if self.device.type == "cuda":
+            enable_tf32()
+        self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
+        self.model = ckpt.unwrap(model).to(self.device)  # the plain module: what gets saved
+        self.train_data, self.val_data, self.tokenizer = train_data, val_data, tokenizer
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.parent = parent
+        self.step = 0
+        self.history: list[dict] = []
+        self.interrupted = False
+        self._resumed_from: Path | None = None
+        self.batch_generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
+                                           betas=(cfg.beta1, cfg.beta2), fused=fused)
+        if resume_from is None and self.run_dir is not None and ckpt.list_checkpoints(self.run_dir):
+            raise ValueError(f"{self.run_dir} already holds checkpoints of an earlier run; start a fresh folder "
+                             f"(lmkit.runs.new_run) or pass resume_from={str(self.run_dir)!r} to continue it")
+        if resume_from is not None:
+            self._restore(resume_from)
+        else:
+            torch.manual_seed(cfg.seed + self.dist.rank)  # dropout masks
+        self._ddp = None
+        forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._forward = torch.compile(forward) if cfg.compile else forward
+        if self.run_dir is not None and self.dist.is_main:
+            self._start_run_dir()
+
+    # ------------------------------------------------------------------------------------- loop
+    def train(self) -> pd.DataFrame:
+        """Run until ``max_steps``. Ctrl-C (KeyboardInterrupt) saves a checkpoint and returns."""
+        cfg = self.config
+        self._emit("on_train_start")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+                   disable=not (cfg.progress and self.dist.is_main))
+        try:
+            while self.step < cfg.max_steps:
+                m = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.2e}",
+                                tok_s=f"{m['tokens_per_sec']:.0f}", refresh=False)
+                last = self.step == cfg.max_steps
+                if self.step % cfg.eval_interval == 0 or last:
+                    e = self.evaluate()
+                    if "val_loss" in e and not bar.disable:
+                        bar.write(f"step {self.step}: val loss {e['val_loss']:.4f}")
+                every = cfg.checkpoint_interval or cfg.eval_interval
+                if self.run_dir is not None and (self.step % every == 0 or last):
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            log.warning("interrupted at step %d", self.step)
+            if self.run_dir is not None and self.step > 0:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        self._emit("on_train_end")
+        return self.metrics
+
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns its metrics row."""
+        cfg, t0 = self.config, time.perf_counter()
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum_steps):
+            x, y = self.train_data.batch(cfg.batch_size, self.batch_generator, self.device)
+            syncing = self._ddp is None or micro == cfg.grad_accum_steps - 1  # all-reduce once per step
+            with (contextlib.nullcontext() if syncing else self._ddp.no_sync()):
+                with autocast(self.device, self.amp_dtype):
+                    loss = self._forward(x, y).loss / cfg.grad_accum_steps
+                loss.backward()
+            total += loss.detach()
+        clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        loss_value = float(total)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {self.step + 1}; "
+                f"the update was skipped and no checkpoint was written. Lower learning_rate "
+                f"(now {lr:.3g}) or set grad_clip, then resume from the last checkpoint.")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        tokens = x.numel() * cfg.grad_accum_steps * self.dist.world_size
+        row = {"step": self.step, "train_loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_sec": tokens / dt, "step_time": dt}
+        self._record(row, write=self.step % cfg.log_interval == 0)
+        self._emit("on_step", row)
+        return row
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss over ``eval_batches`` fixed batches of each split (same batches every time)."""
+        cfg = self.config
+        self.model.eval()
+        row = {"step": self.step}
+        for split, data in (("train", self.train_data), ("val", self.val_data)):
+            if data is None:
+                continue
+            g = torch.Generator().manual_seed(cfg.seed + 1)  # fixed: evaluations are comparable
+            losses = []
+            for _ in range(cfg.eval_batches):
+                x, y = data.batch(cfg.batch_size, g, self.device)
+                with autocast(self.device, self.amp_dtype):
+                    losses.append(float(self.model(x, y).loss))
+            row[f"{split}_eval_loss" if split == "train" else "val_loss"] = sum(losses) / len(losses)
+        self.model.train()
+        self._record(row, write=True)
+        self._emit("on_eval", row)
+        return row
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> tuple[dict, dict]:
+        """Everything but the weights needed to resume exactly: ``(tensors, JSON-able meta)``."""
+        tensors, meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
+        rng_tensors, rng_meta = ckpt.capture_rng()
+        tensors.update(rng_tensors)
+        tensors["rng.batch"] = self.batch_generator.get_state()
+        meta.update(rng_meta, step=self.step, world_size=self.dist.world_size)
+        return tensors, meta
+
+    def save_checkpoint(self, path=None) -> Path | None:
+        """Save into ``run_dir/checkpoints/step_NNNNNN`` (rank 0 only); returns the path."""
+        if not self.dist.is_main:
+            return None
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("save_checkpoint needs a path when the Trainer has no run_dir")
+            path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
+        path = ckpt.save(path, self.model, self.tokenizer, step=self.step, train_config=self.config.to_dict(),
+                         trainer_state=self.state_dict(), metrics=self.history, parent=self.parent)
+        self._apply_retention(keep=path)
+        self._emit("on_checkpoint", path)
+        return path
+
+    def _apply_retention(self, keep: Path) -> None:
+        k = self.config.keep_last
+        if k is None:
+            return
+        for old in ckpt.list_checkpoints(self.run_dir)[:-k]:
+            if old != keep and old != self._resumed_from:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, path) -> None:
+        info = ckpt.read_info(path)
+        if info.model_config != self.model.config:
+            a, b = info.model_config.to_dict(), self.model.config.to_dict()
+            diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+            raise ValueError(f"cannot resume from {info.path}: its model config differs from this model's "
+                             f"(checkpoint vs model): {diff}")
+        tensors, meta = ckpt.load_trainer_state(info.path)
+        ckpt.load_weights(self.model, info.path, self.device)
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta))
+        ckpt.restore_rng(tensors, meta)
+        self.batch_generator.set_state(tensors["rng.batch"])
+        self.step = int(meta["step"])
+        self.history = [r for r in info.metrics if r.get("step", 0) <= self.step]
+        self._resumed_from = info.path
+        log.info("resumed from %s at step %d", info.path, self.step)
+
+    # ---------------------------------------------------------------------------------- records
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """The history: one row per step, evaluation rows carry ``val_loss``."""
+        return pd.DataFrame(self.history)
+
+    def _start_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = self.run_dir / "config.json"
+        if not config.exists():
+            config.write_text(json.dumps({"model": self.model.config.to_dict(), "train": self.config.to_dict()},
+                                         indent=1), encoding="utf-8")
+        # a resumed run keeps the rows up to its checkpoint; later ones belonged to the lost steps
+        rows = [r for r in self.history if "train_loss" not in r or r["step"] % self.config.log_interval == 0]
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def _record(self, row: dict, write: bool) -> None:
+        self.history.append(row)
+        if write and self.run_dir is not None and self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)

@@ -1,0 +1,141 @@
+"""Checkpoints: round trip, self-description, atomic writes, manifest verification, no unpickling."""
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lmkit import GPT, CharTokenizer
+from lmkit import checkpoint as ckpt
+
+from .conftest import make_model
+
+
+def saved(tmp_path, name="step_000001", **kwargs):
+    model = make_model().eval()
+    tok = CharTokenizer.train("abcdefghijk")
+    return model, tok, ckpt.save(tmp_path / "checkpoints" / name, model, tok, **kwargs)
+
+
+def test_round_trip_gives_identical_logits_and_tokenizer(tmp_path):
+    model, tok, path = saved(tmp_path, step=7, train_config={"max_steps": 9})
+    loaded, loaded_tok = ckpt.load(path)
+    x = torch.randint(0, 11, (2, 8))
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    assert loaded.config == model.config
+    assert loaded_tok.encode("kjihgfedcba") == tok.encode("kjihgfedcba")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # tying survives the round trip
+    info = ckpt.read_info(path)
+    assert info.step == 7 and info.train_config == {"max_steps": 9}
+
+
+def test_checkpoint_holds_only_json_and_safetensors(tmp_path):
+    *_, path = saved(tmp_path, trainer_state=({"rng.x": torch.zeros(3)}, {"step": 1}), metrics=[{"step": 1}])
+    names = sorted(p.name for p in path.iterdir())
+    assert names == ["config.json", "manifest.json", "metrics.json", "model.safetensors", "tokenizer.json",
+                     "trainer_state.json", "trainer_state.safetensors"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == set(names) - {"manifest.json"}
+
+
+def test_run_folder_resolves_to_newest_valid_checkpoint(tmp_path):
+    saved(tmp_path, "step_000001")
+    saved(tmp_path, "step_000002")
+    assert ckpt.resolve(tmp_path).name == "step_000002"
+    (tmp_path / "checkpoints" / "step_000002" / "manifest.json").unlink()  # as if the save never finished
+    assert ckpt.resolve(tmp_path).name == "step_000001"
+
+
+def test_flipped_byte_is_detected_and_previous_named(tmp_path):
+    saved(tmp_path, "step_000001")
+    *_, path = saved(tmp_path, "step_000002")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=r"model.safetensors: SHA-256 .*step_000001"):
+        ckpt.load(path)
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model, tok, path = saved(tmp_path, "step_000001")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_json", disk_full)
+    with pytest.raises(OSError):
+        ckpt.save(path, model, tok)  # overwrite attempt
+    with pytest.raises(OSError):
+        ckpt.save(tmp_path / "checkpoints" / "step_000002", model, tok)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001"]  # no temp leftovers
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    ckpt.load(path)
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("import lmkit; lmkit.PWNED = True",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    *_, path = saved(tmp_path)
+    evil = pickle.dumps({"state": Payload()})
+    (path / "model.safetensors").write_bytes(evil)
+    entry = {"sha256": ckpt._sha256(path / "model.safetensors"), "bytes": len(evil)}
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = entry  # a forger can fix the manifest too
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ckpt.CheckpointError, match="cannot read weights"):
+        ckpt.load(path)
+    import lmkit
+
+    assert not hasattr(lmkit, "PWNED")
+
+
+def test_missing_path_and_empty_run_are_clear_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+        ckpt.load(tmp_path / "nope")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoints"):
+        ckpt.load(tmp_path / "run")
+
+
+def test_optimizer_state_round_trip():
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8))).loss.backward()
+    opt.step()
+    tensors, meta = ckpt.flatten_optimizer_state(opt.state_dict())
+    json.dumps(meta)
+    restored = ckpt.unflatten_optimizer_state(tensors, json.loads(json.dumps(meta)))
+    opt2 = torch.optim.AdamW(make_model().parameters(), lr=5.0)
+    opt2.load_state_dict(restored)
+    assert opt2.param_groups[0]["betas"] == (0.9, 0.95) and opt2.param_groups[0]["lr"] == 1e-3
+    for a, b in zip(opt.state.values(), opt2.state.values(), strict=False):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_rng_capture_restore():
+    tensors, meta = ckpt.capture_rng()
+    meta = json.loads(json.dumps(meta))
+    first = (torch.rand(3), np.random.rand(), random.random())
+    ckpt.restore_rng(tensors, meta)
+    second = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+def test_unwrap_compiled_and_ddp_like_wrappers():
+    model = make_model()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert ckpt.unwrap(Wrapper(model)) is model
+    assert isinstance(ckpt.unwrap(model), GPT)

@@ -1,0 +1,48 @@
+"""The repository's set-up files agree with each other."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def requirement_specs() -> dict[str, str]:
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    specs = [line.split("#")[0].strip() for line in lines]
+    return {_name(s): s.replace(" ", "") for s in specs if s}
+
+
+def environment_specs() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    out = {}
+    for dep in env["dependencies"]:
+        for spec in dep["pip"] if isinstance(dep, dict) else [dep]:
+            out[_name(spec)] = spec.replace(" ", "")
+    out.pop("python"), out.pop("pip")
+    return out
+
+
+def test_requirements_and_environment_name_the_same_packages_and_versions():
+    req, env = requirement_specs(), environment_specs()
+    assert set(req) == set(env), f"only in requirements.txt: {set(req) - set(env)}; only in environment.yml: {set(env) - set(req)}"
+    for name in req:  # conda writes `pkg>=1.0` as pip does; compare the version constraints
+        assert req[name].split(name, 1)[-1] == env[name].lower().replace("_", "-").split(name, 1)[-1], name
+
+
+def test_torch_is_pinned_to_one_release_and_installed_first():
+    assert re.fullmatch(r"torch==\d+\.\d+\.\d+", requirement_specs()["torch"])
+    makefile = (ROOT / "Makefile").read_text()
+    first_torch = makefile.index("^torch==")
+    assert first_torch < makefile.index("-r requirements.txt"), "torch must be installed before the rest"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / "README.md").read_text()
+    assert "make run" in (ROOT / "README.md").read_text()
+    assert re.search(r"^\s*make test\b", (ROOT / ".ci" / "run").read_text(), re.M)
