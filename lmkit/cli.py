@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import checkpoint, data, runs
+from .device import init_distributed
 from .evaluate import lm_loss
 from .model import GPT, GPTConfig
 from .trainer import TrainConfig, Trainer
@@ -150,17 +151,29 @@ def cmd_train(args) -> Path:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     model_cfg, train_cfg = build_configs(options, meta["vocab_size"])  # validated before any work
     train_ds, val_ds, tok, meta = data.load_prepared(folder, model_cfg.block_size)
+    dist_info, _ = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
     if args.resume:
         run_dir = checkpoint.resolve(args.resume).parent.parent
-    else:
+    elif dist_info.is_main:
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": {"path": str(folder), **{
             k: meta[k] for k in ("tokenizer", "vocab_size", "train_tokens", "val_tokens") if k in meta}}}
         run_dir = runs.new_run(args.runs_root, args.name, config)
+    if dist_info.enabled:  # every rank trains into the folder rank 0 created
+        import torch.distributed as dist
+
+        shared = [str(run_dir) if dist_info.is_main else None]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
     model = GPT(model_cfg)
-    print(f"run {run_dir}: {model.num_params():,} parameters, {train_cfg.max_steps} steps")
+    if dist_info.is_main:
+        print(f"run {run_dir}: {model.num_params():,} parameters, {train_cfg.max_steps} steps, "
+              f"{dist_info.world_size} process(es)")
     trainer = Trainer(model, train_cfg, train_ds, val_ds, tokenizer=tok, run_dir=run_dir, resume_from=args.resume)
     trainer.train()
-    report(trainer.model, tok, val_ds, meta, run_dir, num_samples=args.samples)
+    if dist_info.is_main:
+        report(trainer.model, tok, val_ds, meta, run_dir, num_samples=args.samples)
+    if dist_info.enabled:
+        dist.destroy_process_group()
     return run_dir
 
 

@@ -257,16 +257,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict, dict]:
-        """Everything but the weights needed to resume exactly: ``(tensors, JSON-able meta)``."""
+        """Everything but the weights needed to resume exactly: ``(tensors, JSON-able meta)``.
+
+        Under DDP this is a collective call: every rank's batch-sampling and dropout RNG states are
+        gathered, so each rank resumes on its own stream.
+        """
         tensors, meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
         rng_tensors, rng_meta = ckpt.capture_rng()
         tensors.update(rng_tensors)
         tensors["rng.batch"] = self.batch_generator.get_state()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            per_rank = [None] * self.dist.world_size
+            dist.all_gather_object(per_rank, (self.batch_generator.get_state(), torch.get_rng_state()))
+            for rank, (batch_state, torch_state) in enumerate(per_rank):
+                tensors[f"rng.batch.rank{rank}"], tensors[f"rng.torch.rank{rank}"] = batch_state, torch_state
         meta.update(rng_meta, step=self.step, world_size=self.dist.world_size)
         return tensors, meta
 
     def save_checkpoint(self, path=None) -> Path | None:
-        """Save into ``run_dir/checkpoints/step_NNNNNN`` (rank 0 only); returns the path."""
+        """Save into ``run_dir/checkpoints/step_NNNNNN``; returns the path (None on ranks other than 0,
+        which only contribute their RNG states)."""
+        state = self.state_dict()
         if not self.dist.is_main:
             return None
         if path is None:
@@ -274,7 +287,7 @@ class Trainer:
                 raise ValueError("save_checkpoint needs a path when the Trainer has no run_dir")
             path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         path = ckpt.save(path, self.model, self.tokenizer, step=self.step, train_config=self.config.to_dict(),
-                         trainer_state=self.state_dict(), metrics=self.history, parent=self.parent)
+                         trainer_state=state, metrics=self.history, parent=self.parent)
         self._apply_retention(keep=path)
         self._emit("on_checkpoint", path)
         return path
@@ -299,6 +312,15 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta))
         ckpt.restore_rng(tensors, meta)
         self.batch_generator.set_state(tensors["rng.batch"])
+        if self.dist.enabled:
+            own = f"rng.batch.rank{self.dist.rank}"
+            if own in tensors and meta.get("world_size") == self.dist.world_size:
+                self.batch_generator.set_state(tensors[own])
+                torch.set_rng_state(tensors[f"rng.torch.rank{self.dist.rank}"])
+            else:  # a different number of processes: a fresh stream per rank, no longer bit-exact
+                log.warning("resuming with world_size=%d from a checkpoint of world_size=%s: batches are "
+                            "resampled", self.dist.world_size, meta.get("world_size"))
+                self.batch_generator.manual_seed(self.config.seed + 7919 * self.dist.rank + self.step)
         self.step = int(meta["step"])
         self.history = [r for r in info.metrics if r.get("step", 0) <= self.step]
         self._resumed_from = info.path

@@ -137,5 +137,11 @@ def test_unwrap_compiled_and_ddp_like_wrappers():
             super().__init__()
             self.module = module
 
+    class Compiled(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
     assert ckpt.unwrap(Wrapper(model)) is model
+    assert ckpt.unwrap(Wrapper(Compiled(model))) is model  # DDP(torch.compile(model))
     assert isinstance(ckpt.unwrap(model), GPT)

@@ -12,7 +12,7 @@ from lmkit.cli import main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
         "--max-steps", "6", "--eval-interval", "3", "--eval-batches", "2", "--warmup-steps", "1",
-        "--progress", "false", "--samples", "1"]
+        "--log-interval", "1", "--progress", "false", "--samples", "1"]
 
 
 @pytest.fixture
