@@ -137,7 +137,7 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("saved checkpoint %s", path)
+    log.debug("saved checkpoint %s", path)
     return path
 
 

@@ -204,7 +204,7 @@ def cmd_sample(args) -> list[str]:
     model, tok = checkpoint.load(args.checkpoint)
     if tok is None:
         raise ValueError(f"{args.checkpoint} holds no tokenizer, so text cannot be encoded")
-    texts = sample_texts(model, tok, args.prompt.encode().decode("unicode_escape"), n=args.num_samples,
+    texts = sample_texts(model, tok, args.prompt.replace("\\n", "\n"), n=args.num_samples,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p)
     print("\n---\n".join(texts))

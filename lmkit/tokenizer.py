@@ -179,7 +179,7 @@ class TokenizerBase:
         """Write the tokenizer as a JSON file (atomically) and return its path."""
         path = Path(path)
         _write_json_atomic(path, self.to_dict())
-        logger.info("saved %r to %s", self, path)
+        logger.debug("saved %r to %s", self, path)
         return path
 
     @classmethod
