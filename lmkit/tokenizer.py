@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import numpy as np
+
+from .files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +110,6 @@ def _safe_chunks(text: str, size: int | None = None) -> Iterator[str]:
     yield text[start:]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON: a temp file in the same folder, then ``os.replace`` (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # open() keeps the umask, mkstemp would not
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 def _read_json_dict(path: str | os.PathLike) -> dict:
     """Read a JSON object from ``path``; every way it can be wrong becomes a ValueError naming the file."""
@@ -178,7 +165,7 @@ class TokenizerBase:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as a JSON file (atomically) and return its path."""
         path = Path(path)
-        _write_json_atomic(path, self.to_dict())
+        write_json_atomic(path, self.to_dict())
         logger.debug("saved %r to %s", self, path)
         return path
 

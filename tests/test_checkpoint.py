@@ -10,6 +10,7 @@ import torch
 
 from lmkit import GPT, CharTokenizer
 from lmkit import checkpoint as ckpt
+from lmkit.files import sha256
 
 from .conftest import make_model
 
@@ -86,7 +87,7 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     *_, path = saved(tmp_path)
     evil = pickle.dumps({"state": Payload()})
     (path / "model.safetensors").write_bytes(evil)
-    entry = {"sha256": ckpt._sha256(path / "model.safetensors"), "bytes": len(evil)}
+    entry = {"sha256": sha256(path / "model.safetensors"), "bytes": len(evil)}
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["files"]["model.safetensors"] = entry  # a forger can fix the manifest too
     (path / "manifest.json").write_text(json.dumps(manifest))

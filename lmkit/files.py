@@ -1,0 +1,65 @@
+"""Safe file writing shared by checkpoints, tokenizers and prepared data: hashes, atomic JSON, atomic
+folder swaps. A reader never sees a half-written file or folder under its final name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON: a temp file in the same folder, then ``os.replace`` (all or nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # open() keeps the umask, mkstemp would not
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (new names, renames) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file directly in ``folder``, then the folder itself."""
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(folder)
+
+
+def swap_into_place(new: Path, dest: Path, trash: Path) -> None:
+    """Rename the finished folder ``new`` to ``dest``; an old ``dest`` moves to ``trash`` first and
+    comes back if the rename fails, so one complete copy exists at every moment."""
+    if dest.exists():
+        os.replace(dest, trash)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if trash.exists():
+            os.replace(trash, dest)
+        raise
