@@ -1,5 +1,6 @@
 # lmkit — every target sets up .venv itself on first use.
-#   make run    the main job: fetch + prepare the default corpus, train the default model, print samples
+#   make run    the main job: the numbered notebooks in order (papermill) into runs/<time>-pipeline/
+#               (PARAMS=notebooks/params/gpu.yaml picks bigger settings)
 #   make test   the whole test suite (unit, reliability, notebooks)
 #   make lab    JupyterLab in the venv
 #   make bench  the benchmark suite (not tests)
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup run test lab bench lint clean
+.PHONY: setup run test lab bench lint clean notebook-outputs
 
 setup: $(STAMP)
 
@@ -25,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m lmkit run
+	$(PY) -m lmkit run $(if $(PARAMS),-f $(PARAMS))
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,6 +36,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lmkit bench
+
+# After editing a notebook: run the pipeline with defaults and store the outputs of the cells
+# tagged nbval-check-output (the ones `make test` compares); all other outputs are cleared.
+notebook-outputs: $(STAMP)
+	$(PY) -m lmkit run --store-checked-outputs
 
 lint: $(STAMP)
 	$(PY) -m ruff check lmkit tests

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import checkpoint, data, runs
 from .device import init_distributed
-from .evaluate import lm_loss
+from .evaluate import lm_loss, sample_texts
 from .model import GPT, GPTConfig
+from .params import convert
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger("lmkit")
@@ -43,30 +44,7 @@ def _comments(cls) -> dict[str, str]:
 
 def _convert(field: dataclasses.Field, value):
     """A command-line string (or YAML value) → the field's declared type, with a clear error."""
-    kind = str(field.type).replace(" | None", "").replace("Optional[", "").rstrip("]")
-    optional = "None" in str(field.type)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ValueError(f"{field.name}: None is not allowed; expected {kind}")
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except ValueError:
-        raise ValueError(f"{field.name}={value!r} is not a valid {kind}") from None
+    return convert(field.name, value, str(field.type))
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -190,16 +168,6 @@ def report(model, tok, val_ds, meta, run_dir: Path | None = None, num_samples: i
     return result
 
 
-def sample_texts(model, tok, prompt: str, n: int = 1, seed: int = 0, **kwargs) -> list[str]:
-    """``n`` continuations of ``prompt``, decoded (the prompt included)."""
-    import torch
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([tok.encode(prompt)] * n, dtype=torch.long, device=device)
-    out = model.generate(ids, generator=torch.Generator(device).manual_seed(seed), **kwargs)
-    return [tok.decode(row.tolist()) for row in out]
-
-
 def cmd_sample(args) -> list[str]:
     model, tok = checkpoint.load(args.checkpoint)
     if tok is None:
@@ -221,9 +189,30 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_run(args) -> Path:
-    """The main job behind `make run`: fetch + prepare the default corpus, train, report."""
-    args.data, args.resume = None, None
-    return cmd_train(args)
+    """The main job behind `make run`: the numbered notebooks, in order, with papermill."""
+    notebooks = [_find_notebook(n) for n in args.notebooks] if args.notebooks else None
+    out = runs.run_pipeline(notebooks, profile=args.parameters, runs_root=args.runs_root, log=print)
+    if args.store_checked_outputs:
+        for nb in notebooks or runs.numbered_notebooks():
+            kept = runs.store_checked_outputs(out / Path(nb).name, nb)
+            print(f"stored the outputs of {kept} checked cell(s) in {nb}")
+    summaries = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    print(f"\npipeline finished: {len(summaries)} notebook(s) executed into {out}/ (.ipynb and .html each)")
+    for stem, numbers in summaries.items():
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+        print(f"  {stem}: {shown}")
+    return out
+
+
+def _find_notebook(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    matches = [p for p in runs.numbered_notebooks() if p.stem == name or p.stem.startswith(f"{name}_")]
+    if len(matches) != 1:
+        raise ValueError(f"no single notebook matches {name!r}; choose from "
+                         f"{[p.stem for p in runs.numbered_notebooks()]}")
+    return matches[0]
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -246,18 +235,27 @@ def make_parser() -> argparse.ArgumentParser:
                    help="invalid UTF-8: refuse the file (strict) or replace the bad bytes")
     d.set_defaults(func=cmd_data)
 
-    for name, func, text in (("train", cmd_train, "train a model on a prepared dataset into a new run folder"),
-                             ("run", cmd_run, "the main job: prepare the default corpus, train, print samples")):
-        t = sub.add_parser(name, help=text, description=text)
-        if name == "train":
-            t.add_argument("--data", default=None, help="prepared dataset folder (default: Shakespeare, char level)")
-            t.add_argument("--resume", default=None, help="checkpoint or run folder to continue exactly")
-        t.add_argument("--config", default=None, help="JSON or YAML file of options (flat or under model:/train:)")
-        t.add_argument("--runs-root", default="runs", help="where run folders are created")
-        t.add_argument("--name", default="default", help="suffix of the run folder name")
-        t.add_argument("--samples", type=int, default=2, help="samples printed after training")
-        _add_config_options(t)
-        t.set_defaults(func=func)
+    t = sub.add_parser("train", help="train a model on a prepared dataset into a new run folder",
+                       description="train a model on a prepared dataset into a new run folder")
+    t.add_argument("--data", default=None, help="prepared dataset folder (default: Shakespeare, char level)")
+    t.add_argument("--resume", default=None, help="checkpoint or run folder to continue exactly")
+    t.add_argument("--config", default=None, help="JSON or YAML file of options (flat or under model:/train:)")
+    t.add_argument("--runs-root", default="runs", help="where run folders are created")
+    t.add_argument("--name", default="train", help="suffix of the run folder name")
+    t.add_argument("--samples", type=int, default=2, help="samples printed after training")
+    _add_config_options(t)
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="the main job: execute the numbered notebooks with papermill",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("-f", "--parameters", default=None,
+                   help="parameters file, e.g. notebooks/params/gpu.yaml (sections per notebook, or 'all')")
+    r.add_argument("--notebooks", nargs="+", default=None, help="only these notebooks (e.g. 01 03_training)")
+    r.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where the pipeline's run folder is created")
+    r.add_argument("--store-checked-outputs", action="store_true",
+                   help="afterwards, copy the outputs of cells tagged nbval-check-output back into the "
+                        "notebooks (and clear all other outputs): what `make test` compares")
+    r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -286,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input: refused before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runs.PipelineError as e:  # a notebook failed mid-run; earlier outputs stay
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -28,7 +28,7 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -307,13 +307,17 @@ def _check_seed(seed: Any) -> None:
 
 
 def split_documents(
-    docs: Sequence[Document], val_fraction: float = 0.1, seed: int = 0
+    docs: Sequence[Document], val_fraction: float = 0.1, seed: int = 0, groups: Mapping[str, str] | None = None
 ) -> tuple[list[Document], list[Document]]:
     """Split into (train, val) by whole documents, so no text appears on both sides.
 
     The split depends only on the documents and ``seed``, not on their order: documents are sorted
     by name, shuffled with ``random.Random(seed)``, and the first ``max(1, round(val_fraction * n))``
     (leaving at least one for training) go to validation. Each split comes back sorted by name.
+
+    ``groups`` maps document names to a group (e.g. both editions of a play to ``"hamlet"``): whole
+    groups are then split instead of documents, so near-copies never straddle the split. Documents
+    missing from the mapping form groups of their own.
 
     A single document is split by characters instead, as nanoGPT does with one text file: train
     gets the first ``1 - val_fraction`` of it, val the rest; their names carry the slice
@@ -328,10 +332,16 @@ def split_documents(
         raise TypeError("split_documents expects Document objects; get them from load_documents(source)")
     if len(docs) == 1:
         return _split_one_document(docs[0], val_fraction)
-    order = sorted(docs, key=lambda d: (d.name, d.text))
+    group_of = {d.name: (groups or {}).get(d.name, d.name) for d in docs}
+    order = sorted(set(group_of.values()))
+    if len(order) == 1:
+        raise ValueError(f"all {len(docs)} documents are in one group ({order[0]!r}), so no split by group "
+                         f"is possible; pass groups=None or more groups")
     random.Random(seed).shuffle(order)
-    n_val = min(max(1, round(val_fraction * len(docs))), len(docs) - 1)
-    val, train = order[:n_val], order[n_val:]
+    n_val = min(max(1, round(val_fraction * len(order))), len(order) - 1)
+    val_groups = set(order[:n_val])
+    val = [d for d in docs if group_of[d.name] in val_groups]
+    train = [d for d in docs if group_of[d.name] not in val_groups]
     return sorted(train, key=lambda d: d.name), sorted(val, key=lambda d: d.name)
 
 
@@ -419,6 +429,7 @@ def prepare_dataset(
     block_size: int | None = None,
     dtype: str | None = None,
     errors: str = "strict",
+    groups: Mapping[str, str] | None = None,
 ) -> dict:
     """Load, split, tokenize and write a corpus as token files; return the meta dict.
 
@@ -429,6 +440,9 @@ def prepare_dataset(
     ``train_chars``/``val_chars`` in meta count the characters the tokens stand for (separators
     included for char level, where they are text; BPE's end-of-text token counts none), the
     denominator of bits per character.
+
+    ``groups`` (document name → group) keeps each group on one side of the split; see
+    ``split_documents``.
 
     Everything is checked before anything is written, including, when ``block_size`` is given, that
     each split holds more than ``block_size`` tokens. Files are written into a temp folder beside
@@ -445,7 +459,7 @@ def prepare_dataset(
         raise TypeError(f"tokenizer is a {type(tokenizer).__name__}; use 'char', 'bpe' or a tokenizer instance")
 
     docs = load_documents(source, errors=errors)
-    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    train_docs, val_docs = split_documents(docs, val_fraction, seed, groups)
     tok = _build_tokenizer(tokenizer, train_docs, val_docs, vocab_size)
     np_dtype = _resolve_dtype(dtype, tok.vocab_size)
     splits = {"train": _encode_split(tok, train_docs, np_dtype), "val": _encode_split(tok, val_docs, np_dtype)}

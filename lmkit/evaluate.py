@@ -69,3 +69,17 @@ def lm_loss(model, tokens, *, stride: int | None = None, batch_size: int = 32, n
     chars_per_token = (n_chars or len(tokens)) / len(tokens)
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
             "bits_per_char": loss / math.log(2) / chars_per_token, "tokens": count}
+
+
+@torch.no_grad()
+def sample_texts(model, tokenizer, prompt: str = "\n", n: int = 1, seed: int = 0, **generate_kwargs) -> list[str]:
+    """``n`` sampled continuations of ``prompt`` (decoded, prompt included); ``generate_kwargs`` go to
+    ``GPT.generate`` (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokenizer.encode(prompt)] * n, dtype=torch.long, device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(ids, generator=generator, **generate_kwargs)
+    model.train(was_training)
+    return [tokenizer.decode(row.tolist()) for row in out]

@@ -345,6 +345,20 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component, in forward order (a tied lm_head counts under wte only)."""
+        counts = {"wte (token embedding)": self.transformer.wte.weight.numel()}
+        if "wpe" in self.transformer:
+            counts["wpe (position embedding)"] = self.transformer.wpe.weight.numel()
+        for i, block in enumerate(self.transformer.h):
+            counts[f"h.{i}.attn"] = sum(p.numel() for p in block.attn.parameters())
+            counts[f"h.{i}.mlp"] = sum(p.numel() for p in block.mlp.parameters())
+            counts[f"h.{i}.ln"] = sum(p.numel() for p in (*block.ln_1.parameters(), *block.ln_2.parameters()))
+        counts["ln_f"] = sum(p.numel() for p in self.transformer.ln_f.parameters())
+        if not self.config.tie_weights:
+            counts["lm_head"] = self.lm_head.weight.numel()
+        return counts
+
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token: 6N for the weights (forward + backward) + 12·L·H·Q·T for
         attention scores and values (PaLM, Chowdhery et al. 2022, appendix B)."""

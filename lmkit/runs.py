@@ -14,12 +14,14 @@ Every run lives in its own folder under a root (``runs/`` by default)::
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
 
 import pandas as pd
 
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # default root: <repository>/runs
 
 def new_run(root="runs", name: str | None = None, config: dict | None = None) -> Path:
     """Create a fresh run folder ``root/<YYYYmmdd-HHMMSS>[-name]`` and write ``config.json``.
@@ -93,3 +95,166 @@ def load_runs(root="runs") -> pd.DataFrame:
                 row["final_val_loss"], row["best_val_loss"] = val.iloc[-1], val.min()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------- notebook pipeline
+
+NOTEBOOK_DIR = RUNS_DIR.parent / "notebooks"
+
+
+class PipelineError(RuntimeError):
+    """A notebook of the pipeline failed; the message names the notebook, the cell and the error."""
+
+
+def numbered_notebooks(folder=NOTEBOOK_DIR) -> list[Path]:
+    """``01_data.ipynb``, ``02_...`` in order: the lessons the pipeline runs."""
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(notebook) -> dict[str, dict]:
+    """The ``parameters`` cell of a notebook: name → {inferred_type_name, default, help} (papermill)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def check_parameters(notebook, params: dict) -> dict:
+    """``params`` converted to the types the notebook's parameters cell declares.
+
+    Raises ValueError before anything runs when a name is not declared there (listing the declared
+    names) or a value does not fit the declared type.
+    """
+    from .params import convert
+
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"{Path(notebook).name}: unknown parameter(s) {unknown}; its parameters cell declares "
+                         f"{sorted(declared)}")
+    return {k: convert(k, v, declared[k]["inferred_type_name"]) for k, v in params.items()}
+
+
+def load_profile(path) -> dict[str, dict]:
+    """A parameters file: ``{notebook stem: {name: value}}``, plus an optional ``all:`` section that
+    applies to every notebook declaring those names. Empty when ``path`` is None."""
+    import yaml
+
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"parameters file {path} does not exist (profiles live in notebooks/params/)")
+    try:
+        profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"parameters file {path} is not valid YAML: {e}") from None
+    if not isinstance(profile, dict) or not all(isinstance(v, dict) for v in profile.values()):
+        raise ValueError(f"parameters file {path} must map notebook names (e.g. 01_data) or 'all' to "
+                         f"mappings of parameter names to values")
+    return profile
+
+
+def _params_for(notebook: Path, profile: dict) -> dict:
+    declared = notebook_parameters(notebook)
+    shared = {k: v for k, v in profile.get("all", {}).items() if k in declared}
+    return {**shared, **profile.get(notebook.stem, {})}
+
+
+def export_html(notebook: Path) -> Path:
+    """Write ``notebook`` as a self-contained HTML page beside it (plotly.js is in the outputs)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    templates = Path(__file__).resolve().parent / "assets" / "nbconvert"  # "offline": lab minus CDN scripts
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(templates)])
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    out = notebook.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def read_summary(notebook: Path) -> dict:
+    """Headline numbers from the output of the cell tagged ``summary`` (see lmkit.notebook.summary)."""
+    import nbformat
+
+    from .notebook import SUMMARY_TAG
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if SUMMARY_TAG in cell.get("metadata", {}).get("tags", []):
+            for output in cell.get("outputs", []):
+                if "application/json" in output.get("data", {}):
+                    return dict(output["data"]["application/json"])
+    return {}
+
+
+def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeline", log=None) -> Path:
+    """Execute the numbered notebooks in order with papermill into a new run folder.
+
+    Each notebook lands there executed (``.ipynb``) and as HTML; ``summary.json`` collects their
+    headline numbers. All parameters are checked against every notebook before the first one runs.
+    A failing notebook raises PipelineError naming the notebook and the cell; the notebooks before it
+    and the partly executed one stay in the folder.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    log = log or logging.getLogger(__name__).info
+    notebooks = [Path(n) for n in notebooks] if notebooks is not None else numbered_notebooks()
+    if not notebooks:
+        raise ValueError(f"no numbered notebooks (NN_name.ipynb) found in {NOTEBOOK_DIR}")
+    missing = [str(n) for n in notebooks if not n.is_file()]
+    if missing:
+        raise ValueError(f"notebook(s) not found: {missing}")
+    prof = load_profile(profile)
+    unknown_sections = sorted(set(prof) - {"all"} - {n.stem for n in notebooks})
+    if unknown_sections:
+        raise ValueError(f"parameters file {profile}: section(s) {unknown_sections} match no notebook; "
+                         f"use 'all' or one of {[n.stem for n in notebooks]}")
+    plan = [(nb, check_parameters(nb, _params_for(nb, prof))) for nb in notebooks]
+    out = new_run(runs_root, name, {"profile": str(profile) if profile else None,
+                                    "notebooks": {nb.stem: params for nb, params in plan}})
+    summaries = {}
+    for nb, params in plan:
+        target = out / nb.name
+        started = time.time()
+        log(f"running {nb.name} → {target}" + (f" with {params}" if params else ""))
+        try:
+            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(nb.parent),
+                                       progress_bar=False, kernel_name="python3")
+        except PapermillExecutionError as e:
+            export_html(target)
+            raise PipelineError(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+                                f"{e.ename}: {e.evalue}\nthe partly executed notebook is {target}") from None
+        export_html(target)
+        summaries[nb.stem] = {"seconds": round(time.time() - started, 1), **read_summary(target)}
+        (out / "summary.json").write_text(json.dumps(summaries, indent=1), encoding="utf-8")
+    return out
+
+
+CHECKED_TAG = "nbval-check-output"  # cells whose stored output `make test` compares (nbval)
+
+
+def store_checked_outputs(executed, target) -> int:
+    """Copy into the notebook ``target`` the outputs (and execution counts) of its cells tagged
+    ``nbval-check-output`` from an ``executed`` copy, and clear every other output, so the
+    repository holds only the outputs nbval compares: no large plots, no machine paths. Returns
+    the number of cells kept."""
+    import nbformat
+
+    done = nbformat.read(executed, as_version=4)
+    nb = nbformat.read(target, as_version=4)
+    executed_cells = {c.get("id"): c for c in done.cells}
+    kept = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        source = executed_cells.get(cell.get("id"))
+        if CHECKED_TAG in cell.metadata.get("tags", []) and source is not None:
+            cell.outputs = source.get("outputs", [])
+            cell.execution_count = source.get("execution_count")  # nbval skips cells that never ran
+            kept += 1
+        else:
+            cell.outputs = []
+            cell.execution_count = None
+    nbformat.write(nb, target)
+    return kept

@@ -400,3 +400,16 @@ def test_fetch_shakespeare_for_real(monkeypatch):
     assert sum(len(d.text) for d in docs) > 9_000_000
     monkeypatch.setattr(subprocess, "run", _no_subprocess)
     assert fetch_shakespeare() == folder
+
+
+def test_split_by_group_keeps_each_group_on_one_side():
+    docs = [Document(f"{play}_{ed}", f"{play} text") for play in "abcdefghij" for ed in ("modern", "folio")]
+    groups = {d.name: d.name.split("_")[0] for d in docs}
+    for seed in range(5):
+        train, val = split_documents(docs, 0.2, seed, groups)
+        val_groups = {groups[d.name] for d in val}
+        assert len(val_groups) == 2 and len(val) == 4
+        assert not val_groups & {groups[d.name] for d in train}
+    assert split_documents(docs, 0.2, 3, groups) == split_documents(docs[::-1], 0.2, 3, groups)
+    with pytest.raises(ValueError, match="one group"):
+        split_documents(docs, 0.2, 0, {d.name: "all" for d in docs})

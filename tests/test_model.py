@@ -220,3 +220,11 @@ def test_hugging_face_gpt2_import_matches_logits():
     hf.set_attn_implementation("eager")  # the default sdpa path returns no attention maps
     for a, b in zip(ours(x, output_attentions=True).attentions, hf(x, output_attentions=True).attentions, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [{}, dict(tie_weights=False), dict(pos_encoding="rope")], ids=str)
+def test_parameter_counts_add_up(variant):
+    m = tiny(**variant)
+    counts = m.parameter_counts()
+    assert sum(counts.values()) == m.num_params(non_embedding=False)
+    assert counts["h.0.attn"] == 16 * 48 + 48 + 16 * 16 + 16

@@ -46,3 +46,18 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make run" in (ROOT / "README.md").read_text()
     assert re.search(r"^\s*make test\b", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_every_parameters_line_is_read_by_papermill():
+    """papermill silently skips a parameter line it cannot parse (e.g. '=' in the comment): such a
+    parameter could not be set from the command line, the pipeline or a sweep."""
+    import ast
+
+    import nbformat
+    import papermill
+
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {t.target.id if isinstance(t, ast.AnnAssign) else t.targets[0].id
+                    for t in ast.parse(cell.source).body if isinstance(t, ast.Assign | ast.AnnAssign)}
+        assert assigned == set(papermill.inspect_notebook(str(nb))), nb.name

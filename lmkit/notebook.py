@@ -1,0 +1,84 @@
+"""Helpers for the numbered notebooks: one set-up call and a headline-numbers cell.
+
+``setup(seed)`` is the first call of every notebook: it seeds everything, makes plotly figures
+render offline (plotly.js embedded in the output, no CDN, no MathJax), routes lmkit's logging to
+the notebook, and returns the device. ``summary(...)`` shows a notebook's headline numbers and
+stores them as JSON in the cell's output, where ``lmkit.runs.run_pipeline`` collects them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+
+from .device import auto_device, seed_everything
+
+SUMMARY_TAG = "summary"  # the cell tag the pipeline reads headline numbers from
+
+
+def setup(seed: int = 0, device: str = "auto"):
+    """Seed python/numpy/torch, set offline plotly rendering and INFO logging; return the device."""
+    import plotly.io as pio
+
+    if "lmkit_notebook" not in pio.renderers:
+        pio.renderers["lmkit_notebook"] = _offline_notebook_renderer()
+    pio.renderers.default = "plotly_mimetype+lmkit_notebook"  # live in JupyterLab, self-contained in HTML
+    pio.defaults.mathjax = False  # MathJax would be fetched from a CDN
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    seed_everything(seed)
+    return auto_device(device)
+
+
+def _offline_notebook_renderer():
+    """plotly's "notebook" renderer (plotly.js embedded once per notebook) minus the MathJax
+    ``<script src=...cdn...>`` it adds to every figure, so exported notebooks need no network."""
+    import re
+
+    from plotly.io._base_renderers import NotebookRenderer
+
+    cdn_mathjax = re.compile(r'<script src="https?://[^"]*mathjax[^"]*"></script>')
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        def to_mimebundle(self, fig_dict):
+            bundle = super().to_mimebundle(fig_dict)
+            bundle["text/html"] = cdn_mathjax.sub("", bundle["text/html"])
+            return bundle
+
+    return OfflineNotebookRenderer(connected=False)
+
+
+class Summary:
+    """Headline numbers: a small table in the notebook, JSON for the pipeline."""
+
+    def __init__(self, numbers: dict):
+        self.numbers = {k: _plain(v) for k, v in numbers.items()}
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                       for k, v in self.numbers.items())
+        return {"application/json": self.numbers, "text/html": f"<table>{rows}</table>",
+                "text/plain": "\n".join(f"{k}: {_fmt(v)}" for k, v in self.numbers.items())}
+
+
+def summary(**numbers) -> Summary:
+    """Show ``numbers`` as a table; tag the cell ``summary`` so the pipeline collects them."""
+    return Summary(numbers)
+
+
+def _plain(v):
+    """numpy scalars and other number-likes → JSON-able Python values."""
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    json.dumps(v)
+    return v
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)

@@ -1,0 +1,35 @@
+"""The real notebooks under papermill with overridden parameters: they run, and the values take effect.
+
+(`make test` also runs every notebook with its defaults under nbval.)"""
+
+import json
+
+import pytest
+import yaml
+
+from lmkit import runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+
+def test_data_and_training_notebooks_take_overridden_parameters(tmp_path):
+    prepared = tmp_path / "prepared"
+    profile = {
+        "all": {"prepared_dir": str(prepared)},
+        "01_data": {"keep": "both", "tokenizer": "bpe", "vocab_size": 300, "compare_vocab_sizes": [300]},
+        "03_training": {**yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())["03_training"],
+                        "runs_root": str(tmp_path / "training"), "run_name": "smoke"},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    notebooks = [runs.NOTEBOOK_DIR / "01_data.ipynb", runs.NOTEBOOK_DIR / "03_training.ipynb"]
+    out = runs.run_pipeline(notebooks, profile=tmp_path / "p.yaml", runs_root=tmp_path / "runs")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["01_data"]["kept"] == summary["01_data"]["documents"] == 77  # keep=both removed nothing
+    assert summary["01_data"]["vocab_size"] == 300
+    assert json.loads((prepared / "meta.json").read_text())["tokenizer"] == "bpe"
+    assert summary["03_training"]["steps"] == 20
+    (run,) = (tmp_path / "training").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    assert run.name.endswith("-smoke") and config["model"]["n_layer"] == 1 and config["model"]["vocab_size"] == 300
+    assert (run / "checkpoints" / "step_000020" / "manifest.json").is_file()
+    assert {p.name for p in out.iterdir()} >= {"01_data.html", "03_training.html", "summary.json"}
