@@ -158,6 +158,29 @@ def list_checkpoints(run_or_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def clean_stale(run_or_dir) -> list[str]:
+    """Tidy what a killed save left beside the checkpoints: unfinished ``.step_N.tmp-*`` folders are
+    removed; a ``.step_N.old-*`` copy is put back when ``step_N`` itself is missing (a crash between
+    the two renames of an overwrite), removed otherwise. Call only while holding the run's lock."""
+    root = Path(run_or_dir)
+    root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    done = []
+    for p in sorted(root.glob(".*")) if root.is_dir() else []:
+        m = re.match(r"^\.(step_\w+)\.(tmp|old)-", p.name)
+        if not m or not p.is_dir():
+            continue
+        final = root / m.group(1)
+        if m.group(2) == "old" and not final.exists():
+            os.rename(p, final)
+            done.append(f"restored {final.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name}")
+    for line in done:
+        log.info("%s: %s", root, line)
+    return done
+
+
 def latest_valid(run_or_dir) -> Path | None:
     """The newest checkpoint that passes ``verify``, or None. Temporary folders are skipped."""
     for p in reversed(list_checkpoints(run_or_dir)):

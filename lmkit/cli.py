@@ -21,7 +21,7 @@ from .device import init_distributed
 from .evaluate import lm_loss, sample_texts
 from .model import GPT, GPTConfig
 from .params import convert
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, TrainingTerminated
 
 log = logging.getLogger("lmkit")
 
@@ -125,10 +125,10 @@ def _ensure_data(path: str | None) -> Path:
 def cmd_train(args) -> Path:
     options = read_config_file(args.config) if args.config else {}
     options.update({f.name: getattr(args, f.name) for f in MODEL_FIELDS + TRAIN_FIELDS if hasattr(args, f.name)})
+    model_cfg, train_cfg = build_configs(options, vocab_size=1)  # every option checked before any work
     folder = _ensure_data(args.data)
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    model_cfg, train_cfg = build_configs(options, meta["vocab_size"])  # validated before any work
     train_ds, val_ds, tok, meta = data.load_prepared(folder, model_cfg.block_size)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.vocab_size)
     dist_info, _ = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
     if args.resume:
         run_dir = checkpoint.resolve(args.resume).parent.parent
@@ -158,7 +158,8 @@ def cmd_train(args) -> Path:
 def report(model, tok, val_ds, meta, run_dir: Path | None = None, num_samples: int = 2) -> dict:
     """Full validation-split metrics plus a few samples, printed and written to the run folder."""
     result = lm_loss(model, val_ds.data, n_chars=meta.get("val_chars"), progress=True)
-    samples = sample_texts(model, tok, prompt="\n", n=num_samples, max_new_tokens=300, temperature=0.8)
+    samples = sample_texts(model, tok, prompt="\n", n=num_samples, max_new_tokens=300, temperature=0.8) \
+        if num_samples > 0 else []
     print("\n" + "\n---\n".join(samples))
     print(f"\nvalidation (all {result['tokens']:,} tokens of the held-out documents): loss {result['loss']:.4f}, "
           f"perplexity {result['perplexity']:.2f}, {result['bits_per_char']:.3f} bits per character")
@@ -290,4 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except runs.PipelineError as e:  # a notebook failed mid-run; earlier outputs stay
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (TrainingTerminated, runs.RunInUseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 143 if isinstance(e, TrainingTerminated) else 3
     return 0

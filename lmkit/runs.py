@@ -13,8 +13,10 @@ Every run lives in its own folder under a root (``runs/`` by default)::
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -49,6 +51,58 @@ def new_run(root="runs", name: str | None = None, config: dict | None = None) ->
     (path / "checkpoints").mkdir()
     (path / "config.json").write_text(json.dumps(config or {}, indent=1, sort_keys=True), encoding="utf-8")
     return path
+
+
+class RunInUseError(RuntimeError):
+    """Another live process is writing into this run folder."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def lock_run(run_dir) -> Path:
+    """Claim ``run_dir`` for this process: ``run_dir/.lock`` is created exclusively and holds our pid.
+
+    A second process fails fast with RunInUseError (and touches nothing). A lock left by a dead
+    process (``kill -9``, a crash) is taken over; one left by this same process (a notebook kernel
+    resuming its own run) is kept. The lock goes away when the process exits.
+    """
+    path = Path(run_dir) / ".lock"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner == os.getpid():
+                return path
+            if owner and _alive(owner):
+                raise RunInUseError(f"{run_dir} is in use by process {owner} (lock {path}); wait for it to "
+                                    f"finish, or train into a fresh run folder (lmkit.runs.new_run)") from None
+            path.unlink(missing_ok=True)  # stale: its owner is gone; retry the exclusive create
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        atexit.register(_unlock, path, os.getpid())
+        return path
+    raise RunInUseError(f"could not lock {run_dir}: another process keeps claiming it")
+
+
+def _unlock(path: Path, pid: int) -> None:
+    try:
+        if int(path.read_text().strip()) == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def load_metrics(run) -> pd.DataFrame:

@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .device import autocast, autocast_dtype, enable_tf32, init_distributed
+from .runs import lock_run
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,30 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
+class TrainingTerminated(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint (the message names it)."""
+
+
+def _install_stop_handlers(stop: dict) -> dict:
+    """SIGINT/SIGTERM set ``stop["signal"]`` so the loop ends between steps, never inside an update
+    (a checkpoint is then exactly one step's state). A second SIGINT raises KeyboardInterrupt at once.
+    Signal handlers can only be set from the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and stop:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 class Callback:
     """Override any of these; each gets the trainer, so it can read ``trainer.step``, ``.model``, ..."""
 
@@ -149,6 +176,9 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
                                            betas=(cfg.beta1, cfg.beta2), fused=fused)
+        if self.run_dir is not None and self.dist.is_main and self.run_dir.is_dir():
+            lock_run(self.run_dir)  # before anything is read or written: a second writer fails here
+            ckpt.clean_stale(self.run_dir)
         if resume_from is None and self.run_dir is not None and ckpt.list_checkpoints(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds checkpoints of an earlier run; start a fresh folder "
                              f"(lmkit.runs.new_run) or pass resume_from={str(self.run_dir)!r} to continue it")
@@ -169,13 +199,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- loop
     def train(self) -> pd.DataFrame:
-        """Run until ``max_steps``. Ctrl-C (KeyboardInterrupt) saves a checkpoint and returns."""
+        """Run until ``max_steps``; return the metrics.
+
+        Ctrl-C (SIGINT, the notebook's stop button) finishes the current step, saves a checkpoint and
+        returns (a second Ctrl-C stops at once). SIGTERM does the same, then raises TrainingTerminated,
+        so a batch job exits non-zero with a checkpoint to resume from.
+        """
         cfg = self.config
         self._emit("on_train_start")
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
                    disable=not (cfg.progress and self.dist.is_main))
+        stop: dict = {}
+        previous = _install_stop_handlers(stop)
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not stop:
                 m = self.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.2e}",
@@ -188,13 +225,19 @@ class Trainer:
                 every = cfg.checkpoint_interval or cfg.eval_interval
                 if self.run_dir is not None and (self.step % every == 0 or last):
                     self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.interrupted = True
-            log.warning("interrupted at step %d", self.step)
-            if self.run_dir is not None and self.step > 0:
-                self.save_checkpoint()
+        except KeyboardInterrupt:  # raised by a callback, or a second Ctrl-C
+            stop.setdefault("signal", signal.SIGINT)
         finally:
+            _restore_handlers(previous)
             bar.close()
+        if stop:
+            self.interrupted = True
+            saved = self.save_checkpoint() if self.run_dir is not None and self.step > 0 else None
+            where = f"; checkpoint {saved}" if saved else ""
+            if stop["signal"] == signal.SIGTERM:
+                raise TrainingTerminated(f"terminated by SIGTERM at step {self.step}{where}; continue with "
+                                         f"resume_from={str(self.run_dir)!r}")
+            log.warning("interrupted at step %d%s", self.step, where)
         self._emit("on_train_end")
         return self.metrics
 
@@ -334,6 +377,7 @@ class Trainer:
 
     def _start_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run(self.run_dir)
         config = self.run_dir / "config.json"
         if not config.exists():
             config.write_text(json.dumps({"model": self.model.config.to_dict(), "train": self.config.to_dict()},

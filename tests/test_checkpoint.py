@@ -1,7 +1,6 @@
 """Checkpoints: round trip, self-description, atomic writes, manifest verification, no unpickling."""
 
 import json
-import pickle
 import random
 
 import numpy as np
@@ -10,7 +9,6 @@ import torch
 
 from lmkit import GPT, CharTokenizer
 from lmkit import checkpoint as ckpt
-from lmkit.files import sha256
 
 from .conftest import make_model
 
@@ -48,54 +46,6 @@ def test_run_folder_resolves_to_newest_valid_checkpoint(tmp_path):
     assert ckpt.resolve(tmp_path).name == "step_000002"
     (tmp_path / "checkpoints" / "step_000002" / "manifest.json").unlink()  # as if the save never finished
     assert ckpt.resolve(tmp_path).name == "step_000001"
-
-
-def test_flipped_byte_is_detected_and_previous_named(tmp_path):
-    saved(tmp_path, "step_000001")
-    *_, path = saved(tmp_path, "step_000002")
-    weights = path / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ckpt.CheckpointError, match=r"model.safetensors: SHA-256 .*step_000001"):
-        ckpt.load(path)
-
-
-def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    model, tok, path = saved(tmp_path, "step_000001")
-    before = {p.name: p.read_bytes() for p in path.iterdir()}
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ckpt, "_write_json", disk_full)
-    with pytest.raises(OSError):
-        ckpt.save(path, model, tok)  # overwrite attempt
-    with pytest.raises(OSError):
-        ckpt.save(tmp_path / "checkpoints" / "step_000002", model, tok)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001"]  # no temp leftovers
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
-    ckpt.load(path)
-
-
-class Payload:
-    def __reduce__(self):
-        return (exec, ("import lmkit; lmkit.PWNED = True",))
-
-
-def test_pickle_payload_is_refused_and_never_runs(tmp_path):
-    *_, path = saved(tmp_path)
-    evil = pickle.dumps({"state": Payload()})
-    (path / "model.safetensors").write_bytes(evil)
-    entry = {"sha256": sha256(path / "model.safetensors"), "bytes": len(evil)}
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["model.safetensors"] = entry  # a forger can fix the manifest too
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ckpt.CheckpointError, match="cannot read weights"):
-        ckpt.load(path)
-    import lmkit
-
-    assert not hasattr(lmkit, "PWNED")
 
 
 def test_missing_path_and_empty_run_are_clear_errors(tmp_path):
