@@ -105,6 +105,17 @@ def _unlock(path: Path, pid: int) -> None:
         pass
 
 
+def newest_checkpoint(root=RUNS_DIR) -> Path | None:
+    """The newest intact checkpoint of the newest run under ``root`` that has one, or None."""
+    from .checkpoint import latest_valid
+
+    for run in sorted((p for p in Path(root).glob("*") if (p / "checkpoints").is_dir()), reverse=True):
+        found = latest_valid(run)
+        if found is not None:
+            return found
+    return None
+
+
 def load_metrics(run) -> pd.DataFrame:
     """The metric rows of a run as a DataFrame (empty when it logged nothing yet)."""
     path = Path(run) / "metrics.jsonl"

@@ -17,16 +17,19 @@ def test_data_and_training_notebooks_take_overridden_parameters(tmp_path):
     profile = {
         "all": {"prepared_dir": str(prepared)},
         "01_data": {"keep": "both", "tokenizer": "bpe", "vocab_size": 300, "compare_vocab_sizes": [300]},
+        "02_attention": {"runs_root": str(tmp_path / "attention"), "quick_train_steps": 12},
         "03_training": {**yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())["03_training"],
                         "runs_root": str(tmp_path / "training"), "run_name": "smoke"},
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
-    notebooks = [runs.NOTEBOOK_DIR / "01_data.ipynb", runs.NOTEBOOK_DIR / "03_training.ipynb"]
+    notebooks = [runs.NOTEBOOK_DIR / f"{n}.ipynb" for n in ("01_data", "02_attention", "03_training")]
     out = runs.run_pipeline(notebooks, profile=tmp_path / "p.yaml", runs_root=tmp_path / "runs")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["01_data"]["kept"] == summary["01_data"]["documents"] == 77  # keep=both removed nothing
     assert summary["01_data"]["vocab_size"] == 300
     assert json.loads((prepared / "meta.json").read_text())["tokenizer"] == "bpe"
+    assert summary["02_attention"]["trained_checkpoint"] == "step_000012"  # no run there: it trained one
+    assert (next((tmp_path / "attention").iterdir()) / "figures" / "attention.html").is_file()
     assert summary["03_training"]["steps"] == 20
     (run,) = (tmp_path / "training").iterdir()
     config = json.loads((run / "config.json").read_text())

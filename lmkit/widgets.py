@@ -1,0 +1,112 @@
+"""Interactive explorers for JupyterLab (ipywidgets + plotly ``FigureWidget``).
+
+``AttentionExplorer`` puts a text box, a model choice, layer/head sliders and a view selector over
+one live figure. Attention is captured once per (model, text) and cached, so moving a slider only
+rebuilds the figure (milliseconds for the default model). The figures themselves come from
+``lmkit.viz``; this file only wires widgets to them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+
+from . import viz
+from .attention import as_array, capture, rollout
+
+VIEWS = ("heatmap", "head view", "model view", "rollout")
+
+
+class AttentionExplorer:
+    """``AttentionExplorer({"name": (model, tokenizer), ...}, text)``; display ``explorer.widget``
+    (or just the explorer: it renders itself). Works for lmkit models and Hugging Face models alike."""
+
+    def __init__(self, models: dict, text: str = "To be, or not to be, that is the question.",
+                 view: str = "heatmap", max_tokens: int = 64, presentation: bool = False):
+        if not models:
+            raise ValueError("AttentionExplorer needs at least one model: {'name': (model, tokenizer)}")
+        if view not in VIEWS:
+            raise ValueError(f"view={view!r}; choose one of {VIEWS}")
+        self.models, self.max_tokens, self.presentation = dict(models), max_tokens, presentation
+        self._cache: dict[tuple[str, str], tuple[np.ndarray, list[str]]] = {}
+        self.text = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%"),
+                                     continuous_update=False)
+        self.model = widgets.Dropdown(options=list(self.models), description="model")
+        self.view = widgets.Dropdown(options=VIEWS, value=view, description="view")
+        self.layer = widgets.IntSlider(min=0, max=0, description="layer", continuous_update=True)
+        self.head = widgets.IntSlider(min=0, max=0, description="head", continuous_update=True)
+        self.status = widgets.HTML()
+        self.figure = go.FigureWidget()
+        for control in (self.text, self.model):
+            control.observe(self._on_input, names="value")
+        for control in (self.view, self.layer, self.head):
+            control.observe(self._on_view, names="value")
+        self.widget = widgets.VBox([self.text, widgets.HBox([self.model, self.view]),
+                                    widgets.HBox([self.layer, self.head]), self.figure, self.status])
+        self.last_update_ms = None
+        self._on_input()
+
+    def attention(self) -> tuple[np.ndarray, list[str]]:
+        """(L, H, T, T) attention and tokens for the current model and text (cached)."""
+        key = (self.model.value, self.text.value)
+        if key not in self._cache:
+            model, tokenizer = self.models[self.model.value]
+            attentions, tokens = capture(model, self.text.value, tokenizer, max_tokens=self.max_tokens)
+            self._cache[key] = (as_array(attentions), tokens)
+        return self._cache[key]
+
+    def _on_input(self, change=None) -> None:
+        attn, _ = self.attention()
+        L, H = attn.shape[:2]
+        with self.layer.hold_trait_notifications(), self.head.hold_trait_notifications():
+            self.layer.max, self.head.max = L - 1, H - 1
+            self.layer.value, self.head.value = min(self.layer.value, L - 1), min(self.head.value, H - 1)
+        self.update()
+
+    def _on_view(self, change=None) -> None:
+        self.update()
+
+    def build(self) -> go.Figure:
+        """The figure for the current widget values."""
+        attn, tokens = self.attention()
+        layer, head, p = self.layer.value, self.head.value, self.presentation
+        if self.view.value == "heatmap":
+            return viz.attention_heatmap(attn, tokens, layer=layer, head=head, presentation=p)
+        if self.view.value == "head view":
+            return viz.head_view(attn, tokens, layer=layer, presentation=p)
+        if self.view.value == "model view":
+            return viz.model_view(attn, tokens, presentation=p)
+        return viz.rollout_comparison(attn[layer].mean(0), rollout(attn)[-1], tokens, presentation=p)
+
+    def update(self) -> float:
+        """Redraw; returns (and shows) the time it took in milliseconds."""
+        start = time.perf_counter()
+        fig = _json_safe(self.build())
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(fig.data)
+            self.figure.layout = fig.layout
+        self.last_update_ms = (time.perf_counter() - start) * 1000
+        attn, tokens = self.attention()
+        self.status.value = (f"<small>{len(tokens)} tokens · {attn.shape[0]} layers × {attn.shape[1]} heads · "
+                             f"updated in {self.last_update_ms:.0f} ms</small>")
+        return self.last_update_ms
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _json_safe(fig: go.Figure) -> go.Figure:
+    """NaN (a masked attention cell) → None: a FigureWidget syncs its data to the browser as strict
+    JSON, which has no NaN (plotly draws None as a blank cell, as it does NaN in static figures)."""
+    for trace in fig.data:
+        z = getattr(trace, "z", None)
+        if z is None:
+            continue
+        arr = np.asarray(z, dtype=float)
+        if np.isnan(arr).any():
+            trace.z = np.where(np.isnan(arr), None, arr).tolist()
+    return fig
