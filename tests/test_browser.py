@@ -76,13 +76,17 @@ def test_attention_notebook_renders_heatmaps_and_sliders(jupyterlab, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{jupyterlab}/lab/tree/02_attention.ipynb?reset&token={TOKEN}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                               ".jp-DebuggerBugButton, .jp-Toolbar", timeout=120_000)
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # kernel ready
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_text("Run All Cells", exact=True).click()
-        page.wait_for_selector("text=explorer_update_ms", timeout=400_000)  # the last cell has run
-        page.wait_for_selector(".js-plotly-plot", state="attached", timeout=60_000)
-        page.wait_for_selector(".widget-slider", state="attached", timeout=60_000)
+        try:
+            # the last cell's OUTPUT (its source contains the same word) shows the notebook ran through
+            page.locator(".jp-OutputArea-output", has_text="explorer_update_ms").wait_for(timeout=400_000)
+            page.wait_for_selector(".js-plotly-plot", state="attached", timeout=60_000)
+            page.wait_for_selector(".widget-slider", state="attached", timeout=60_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
         plots = page.locator(".js-plotly-plot").count()
         page.locator(".widget-slider").first.scroll_into_view_if_needed()
         shot = tmp_path / "02_attention.png"
