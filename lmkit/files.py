@@ -20,19 +20,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON: a temp file in the same folder, then ``os.replace`` (all or nothing)."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data``: a temp file in the same folder, fsync, then ``os.replace`` (all or nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # open() keeps the umask, mkstemp would not
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
+        with open(tmp, "xb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON, atomically (see ``write_bytes_atomic``)."""
+    write_bytes_atomic(path, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
 
 
 def fsync_dir(folder: Path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape as _escape_html
@@ -37,6 +36,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .files import write_bytes_atomic
 
 # Okabe–Ito, in their published order.
 PALETTE: tuple[str, ...] = (
@@ -1164,21 +1165,6 @@ def attention_evolution(
 # Export: one self-contained HTML page, or a PNG through kaleido and the system's Chromium
 # ---------------------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _require_figure(fig: Any, who: str) -> go.Figure:
     if not isinstance(fig, go.Figure):
         raise TypeError(f"{who} needs a plotly go.Figure (what lmkit.viz functions return); got {type(fig).__name__}")
@@ -1203,7 +1189,7 @@ def to_html(fig: go.Figure, path: str | os.PathLike, *, title: str | None = None
     if re.search(r"<script[^>]*\bsrc=[\"']?(https?:)?//", page):  # a CDN script would break offline use
         raise RuntimeError("to_html: plotly produced a page that loads a script from the network; "
                            "this plotly version ignores include_plotlyjs=True")
-    _write_atomic(path, page.encode("utf-8"))
+    write_bytes_atomic(path, page.encode("utf-8"))
     return path
 
 
@@ -1257,7 +1243,7 @@ def to_png(fig: go.Figure, path: str | os.PathLike, *, scale: float = 2, width: 
         raise RuntimeError(f"to_png: kaleido could not start the browser at {browser!r} ({e}); "
                            "apt-get install chromium, or set BROWSER_PATH to a working Chrome/Chromium") from None
     path = Path(path)
-    _write_atomic(path, png)
+    write_bytes_atomic(path, png)
     return path
 
 
