@@ -53,6 +53,28 @@ def new_run(root="runs", name: str | None = None, config: dict | None = None) ->
     return path
 
 
+def open_run(run_dir=None, root="runs", name: str | None = None, config: dict | None = None) -> Path:
+    """The run folder a notebook writes into.
+
+    ``run_dir`` None: a new folder under ``root`` (``new_run``). Given: that folder, which must exist
+    (``python -m lmkit sweep`` creates one per run and passes it in); ``config`` is merged into its
+    ``config.json``, so what the sweep recorded there (its parameters) stays.
+    """
+    if run_dir is None:
+        return new_run(root, name, config)
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"run_dir={str(run_dir)!r} is not a folder; pass None for a new run under {root}")
+    from .files import write_json_atomic
+
+    current = path / "config.json"
+    merged = json.loads(current.read_text(encoding="utf-8")) if current.is_file() else {}
+    merged.update(config or {})
+    write_json_atomic(current, merged)
+    (path / "checkpoints").mkdir(exist_ok=True)
+    return path
+
+
 class RunInUseError(RuntimeError):
     """Another live process is writing into this run folder."""
 

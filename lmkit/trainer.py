@@ -142,6 +142,7 @@ class Callback:
     """Override any of these; each gets the trainer, so it can read ``trainer.step``, ``.model``, ..."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_before_update(self, trainer: Trainer) -> None: ...  # gradients ready (clipped), weights not yet moved
     def on_step(self, trainer: Trainer, metrics: dict) -> None: ...
     def on_eval(self, trainer: Trainer, metrics: dict) -> None: ...
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
@@ -259,6 +260,11 @@ class Trainer:
             total += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if self._ddp is not None:  # log the loss of the global batch, not rank 0's shard
+            import torch.distributed as dist
+
+            dist.all_reduce(total)  # SUM: gloo has no AVG
+            total /= self.dist.world_size
         loss_value = float(total)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -266,6 +272,7 @@ class Trainer:
                 f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {self.step + 1}; "
                 f"the update was skipped and no checkpoint was written. Lower learning_rate "
                 f"(now {lr:.3g}) or set grad_clip, then resume from the last checkpoint.")
+        self._emit("on_before_update")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
