@@ -80,6 +80,29 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def measure_matmul_flops(device=None, size: int = 1024, repeats: int = 8) -> float:
+    """FLOP/s of a square ``size`` matmul measured now (median of ``repeats``): fp32 on CPU, bf16 on
+    CUDA. The reference for MFU where no published peak applies (a CPU reaches about this on large
+    matmuls, so MFU against it says how much of the step is useful matmul work)."""
+    import time
+
+    device = torch.device(device or "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):  # the first run warms caches and picks the kernel
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])
+    return 2 * size**3 / times[len(times) // 2]
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""

@@ -459,6 +459,33 @@ def loss_curves(metrics: pd.DataFrame, title: str = "Loss during training", pres
     return style(fig, title, presentation)
 
 
+HEALTHY_UPDATE_RATIO = 1e-3  # ‖Δθ‖/‖θ‖ per step that Adam-trained transformers typically show
+
+
+def training_diagnostics(diagnostics: pd.DataFrame, title: str = "Network health during training",
+                         presentation: bool = False) -> go.Figure:
+    """Two panels from ``lmkit.diagnostics.Diagnostics.frame()``: the gradient norm of each layer and its
+    update-to-data ratio (log scale, the healthy ~1e-3 marked) against the step, a line per layer."""
+    df = _require_frame(diagnostics, "training_diagnostics", ["step", "layer", "grad_norm", "update_ratio"])
+    _require_numeric(df, "training_diagnostics", ["step", "grad_norm", "update_ratio"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("gradient norm (after clipping)", "update / weight ratio per step"))
+    layers = list(dict.fromkeys(df["layer"]))  # model order
+    colours = _colour_map(layers)
+    for layer in layers:
+        rows = df[df["layer"] == layer]
+        for col, column in ((1, "grad_norm"), (2, "update_ratio")):
+            fig.add_scatter(x=rows["step"], y=rows[column], mode="lines", name=layer, legendgroup=layer,
+                            showlegend=col == 1, line=dict(color=colours[layer]), row=1, col=col,
+                            hovertemplate=f"{layer}<br>step %{{x}}<br>%{{y:.3g}}<extra></extra>")
+    fig.add_hline(y=HEALTHY_UPDATE_RATIO, line_dash="dash", line_color="grey", row=1, col=2,
+                  annotation_text="~1e-3: healthy", annotation_position="bottom right")
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=400, legend_title_text="layer")
+    return style(fig, title, presentation)
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention figures (notebook 02_attention)
 # ---------------------------------------------------------------------------------------------
@@ -1273,4 +1300,50 @@ def matrix_grid(matrices: Mapping[str, Any], row_labels: Sequence[str], col_labe
         fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=1, col=c)
     fig.update_xaxes(tickangle=0 if len(rows) <= 8 else -90)
     fig.update_layout(height=120 + 22 * len(rows), width=max(500, 230 * len(names)))
+    return style(fig, title, presentation)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling figures (notebook 06_scaling)
+# ---------------------------------------------------------------------------------------------
+from .scaling import SYMBOLS, PowerLaw  # noqa: E402  (this section's import; scaling imports nothing from viz)
+
+_SCALING_AXES = {
+    "parameters": "parameters N (non-embedding)",
+    "train_tokens": "training tokens D",
+    "train_flops": "training compute C (FLOPs)",
+    "val_loss": "validation loss (nats per token)",
+    "bits_per_char": "bits per character",
+}
+
+
+def scaling_plot(runs: pd.DataFrame, x: str = "parameters", y: str = "val_loss", fit: PowerLaw | None = None,
+                 title: str | None = None, presentation: bool = False) -> go.Figure:
+    """One marker per run (``lmkit.runs.sweep``'s table) on log-log axes, ``y`` against ``x``, and the fitted
+    ``lmkit.scaling.PowerLaw`` as a dashed line whose legend entry is its formula. A power law is a
+    straight line on these axes; its slope is -alpha. Hover shows each run's name and parameters.
+    Pass only finished runs (``lmkit.scaling.usable_runs``): log axes need positive values."""
+    df = _require_frame(runs, "scaling_plot", [x, y])
+    _require_numeric(df, "scaling_plot", [x, y])
+    bad = df.index[~((df[x] > 0) & (df[y] > 0) & np.isfinite(df[x]) & np.isfinite(df[y]))]
+    if len(bad):
+        raise ValueError(f"scaling_plot: log axes need finite {x!r} and {y!r} > 0; rows {list(bad)[:10]} are not "
+                         "(failed runs? lmkit.scaling.usable_runs drops them)")
+    if fit is not None and not isinstance(fit, PowerLaw):
+        raise TypeError(f"scaling_plot: fit must be a PowerLaw (lmkit.scaling.fit_power_law) or None; "
+                        f"got {type(fit).__name__}")
+    names = [_html(str(n)) for n in (df["run"] if "run" in df else df.index)]
+    params = df["parameters"] if "parameters" in df else pd.Series(np.nan, index=df.index)
+    fig = go.Figure(go.Scatter(
+        x=df[x], y=df[y], mode="markers", name="runs", marker=dict(size=10, color=COLORWAY[0]),
+        customdata=np.array(list(zip(names, params.tolist(), strict=True)), dtype=object),
+        hovertemplate=f"%{{customdata[0]}}<br>parameters %{{customdata[1]:,}}<br>{_html(x)} %{{x:.3g}}"
+                      f"<br>{_html(y)} %{{y:.4g}}<extra></extra>"))
+    if fit is not None:
+        xs = np.geomspace(df[x].min() / 1.5, df[x].max() * 1.5, 100)  # a little beyond the runs on each side
+        fig.add_scatter(x=xs, y=fit(xs), mode="lines", name=f"{fit.formula(SYMBOLS.get(x, x))} (R² {fit.r2:.3f})",
+                        line=dict(color=COLORWAY[1], dash="dash"), hoverinfo="skip")
+    fig.update_xaxes(type="log", title_text=_SCALING_AXES.get(x, x))
+    fig.update_yaxes(type="log", title_text=_SCALING_AXES.get(y, y))
+    fig.update_layout(height=420, legend=dict(yanchor="top", y=0.99, xanchor="right", x=0.99))
     return style(fig, title, presentation)

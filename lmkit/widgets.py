@@ -1,5 +1,6 @@
-"""Interactive explorers for JupyterLab (ipywidgets + plotly ``FigureWidget``).
+"""Interactive explorers and live plots for JupyterLab (ipywidgets + plotly ``FigureWidget``).
 
+``LiveLossPlot`` is a trainer callback: the loss curves grow in the notebook while training runs.
 ``AttentionExplorer`` puts a text box, a model choice, layer/head sliders and a view selector over
 one live figure. Attention is captured once per (model, text) and cached, so moving a slider only
 rebuilds the figure (milliseconds for the default model). The figures themselves come from
@@ -16,6 +17,7 @@ import plotly.graph_objects as go
 
 from . import viz
 from .attention import as_array, capture, rollout
+from .trainer import Callback
 
 VIEWS = ("heatmap", "head view", "model view", "rollout")
 
@@ -97,6 +99,63 @@ class AttentionExplorer:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+class LiveLossPlot(Callback):
+    """Loss curves that grow while ``Trainer.train()`` runs: a ``FigureWidget`` redrawn every
+    ``every`` steps and at each evaluation. At the end the widget is replaced by the same figure as
+    a static plot, so the saved notebook (and a papermill run, which has no live front end) keeps it.
+    Outside IPython it does nothing."""
+
+    def __init__(self, every: int = 10, smooth: int = 20, title: str = "Loss during training"):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"LiveLossPlot(every={every!r}) must be a positive integer")
+        self.every, self.smooth, self.title = every, smooth, title
+        self.figure: go.FigureWidget | None = None
+        self._handle = None
+
+    def on_train_start(self, trainer) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is None:
+            return
+        self.figure = go.FigureWidget(layout=dict(title=self.title, height=380, xaxis_title="step",
+                                                  yaxis_title="loss (nats per token)"))
+        self._handle = display(self.figure, display_id=True)
+        self._redraw(trainer)
+
+    def on_step(self, trainer, metrics: dict) -> None:
+        if trainer.step % self.every == 0:
+            self._redraw(trainer)
+
+    def on_eval(self, trainer, metrics: dict) -> None:
+        self._redraw(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        if self._handle is not None and len(trainer.history):
+            self._handle.update(_Static(viz.loss_curves(trainer.metrics, self.title, smooth=self.smooth)))
+
+    def _redraw(self, trainer) -> None:
+        if self.figure is None or not any("train_loss" in r or "val_loss" in r for r in trainer.history[-1:]):
+            return
+        fig = viz.loss_curves(trainer.metrics, self.title, smooth=self.smooth)
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(fig.data)
+            self.figure.layout = fig.layout
+
+
+class _Static:
+    """A figure shown through its mime bundle only. IPython hands objects that define
+    ``_ipython_display_`` (plotly figures do) the display call and drops ``display_id``/``update``,
+    so an update would append a new output instead of replacing the widget."""
+
+    def __init__(self, fig: go.Figure):
+        self.fig = fig
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        return self.fig._repr_mimebundle_(include, exclude)
 
 
 def _json_safe(fig: go.Figure) -> go.Figure:
