@@ -4,6 +4,8 @@
 #   make test   the whole test suite (unit, reliability, notebooks)
 #   make lab    JupyterLab in the venv
 #   make bench  the benchmark suite (not tests)
+#   make sweep NB=03_training ARGS="-p n_layer 2 4 -p learning_rate 1e-3 3e-3"
+#               one notebook over a parameter grid (papermill) into runs/<time>-sweep-<notebook>/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup run test lab bench lint clean notebook-outputs
+.PHONY: setup run test lab bench sweep lint clean notebook-outputs
 
 setup: $(STAMP)
 
@@ -36,6 +38,9 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lmkit bench
+
+sweep: $(STAMP)
+	$(PY) -m lmkit sweep $(NB) $(ARGS)
 
 # After editing a notebook: run the pipeline with defaults and store the outputs of the cells
 # tagged nbval-check-output (the ones `make test` compares); all other outputs are cleared.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m lmkit data|train|sample|eval|run``.
+"""Command line: ``python -m lmkit data|train|sample|eval|run|sweep``.
 
 ``train`` takes every GPTConfig and TrainConfig field as ``--field value`` (``--help`` lists them
 with their defaults and the reason for each), and a JSON/YAML ``--config`` file with the same keys,
@@ -205,6 +205,40 @@ def cmd_run(args) -> Path:
     return out
 
 
+class RunsFailed(RuntimeError):
+    """Some runs of a sweep failed (their errors are in the printed table and in results.csv)."""
+
+
+def cmd_sweep(args) -> Path:
+    """A notebook over a parameter grid with papermill: one run folder per combination."""
+    notebook = _find_notebook(args.notebook)
+    grid = {}
+    for name, *values in args.param:
+        if not values:
+            raise ValueError(f"-p {name} has no values; list them after the name, e.g. -p {name} 2 4")
+        if name in grid:
+            raise ValueError(f"-p {name} is given twice; list all its values after one -p {name}")
+        grid[name] = values
+    fixed = {}
+    for name, value in args.set or []:
+        if name in fixed:
+            raise ValueError(f"--set {name} is given twice; to try several values, sweep it: -p {name} V1 V2")
+        fixed[name] = value
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # four lines per run otherwise
+    table = runs.sweep(notebook, grid, fixed=fixed, parallel=args.parallel,
+                       runs_root=args.runs_root, name=args.name, log=print)
+    numbers = [c for c in ("val_loss", "bits_per_char", "best_val_loss", "final_val_loss") if c in table]
+    failed = table[table["status"] != "ok"]
+    shown = ["run", "status", *grid, *numbers, "seconds"] + (["error"] if len(failed) else [])
+    folder = Path(table.attrs["folder"])
+    text = table[shown].fillna({"error": ""}).to_string(index=False, max_colwidth=70)
+    print(f"\n{text}\n\nall columns: {folder / 'results.csv'}")
+    if len(failed):
+        raise RunsFailed(f"{len(failed)} of {len(table)} run(s) failed; each failed run folder holds the "
+                         f"executed notebook (.ipynb, .html) showing the error")
+    return folder
+
+
 def _find_notebook(name: str) -> Path:
     path = Path(name)
     if path.is_file():
@@ -258,6 +292,20 @@ def make_parser() -> argparse.ArgumentParser:
                         "notebooks (and clear all other outputs): what `make test` compares")
     r.set_defaults(func=cmd_run)
 
+    w = sub.add_parser("sweep", help="run a notebook over a parameter grid (papermill), one run folder each",
+                       description="run a notebook once per combination of parameter values (papermill), "
+                                   "each into its own run folder; the results collect into results.csv",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("notebook", help="a notebook path, or a numbered notebook's name (03_training, 03)")
+    w.add_argument("-p", "--param", nargs="+", action="append", required=True, metavar=("NAME", "VALUE"),
+                   help="a swept parameter and its values (repeat -p for more; every combination runs)")
+    w.add_argument("--set", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter with one value for every run (repeatable)")
+    w.add_argument("--parallel", type=int, default=1, help="notebooks run at once (one kernel each)")
+    w.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where the sweep folder is created")
+    w.add_argument("--name", default=None, help="suffix of the sweep folder name; None: sweep-<notebook name>")
+    w.set_defaults(func=cmd_sweep)
+
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its newest checkpoint)")
@@ -288,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # bad input: refused before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except runs.PipelineError as e:  # a notebook failed mid-run; earlier outputs stay
+    except (runs.PipelineError, RunsFailed) as e:  # a notebook failed mid-run; earlier outputs stay
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (TrainingTerminated, runs.RunInUseError) as e:

@@ -8,17 +8,23 @@ Every run lives in its own folder under a root (``runs/`` by default)::
         checkpoints/     step_000250/, step_000500/, ... (see lmkit.checkpoint)
         samples.txt      text sampled at the end, when the run wrote any
 
-``load_runs(root)`` gathers all of them into one pandas table.
+A sweep (``sweep(notebook, grid)``) is a container folder of such runs, each with a ``status.json``,
+plus ``results.csv``; a pipeline (``run_pipeline``) is a container of executed notebooks.
+``load_runs(root)`` gathers every run below ``root``, containers skipped, into one pandas table.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -162,26 +168,57 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+CONTAINER_KINDS = ("sweep", "pipeline")  # config.json "kind" of folders that hold runs, not one run
+STATUS_FILE = "status.json"  # a sweep's run: {"status", "params", "seconds", "error"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _run_folders(folder: Path):
+    """Run folders below ``folder``, sorted: a folder with a config.json is a run (its checkpoints are
+    not searched) unless its ``kind`` marks a container (sweep, pipeline), whose children are."""
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                        and not p.name.startswith(".")):
+        if (child / "config.json").is_file() and _read_json(child / "config.json").get("kind") not in CONTAINER_KINDS:
+            yield child
+        else:
+            yield from _run_folders(child)
+
+
 def load_runs(root="runs") -> pd.DataFrame:
-    """One row per run folder under ``root``: config columns (``model.n_layer``, ``train.learning_rate``,
-    ...) and summary metrics (steps, final train loss, final and best validation loss)."""
+    """One row per run folder below ``root``, however deep (``runs/<sweep>/<run>``; sweep and pipeline
+    folders themselves are skipped): ``run`` (the path under ``root``), ``path``, config columns
+    (``model.n_layer``, ``train.learning_rate``, ...), ``status``/``error`` of sweep runs, and summary
+    metrics (steps, final train loss, final and best validation loss)."""
     rows = []
-    for run in sorted(p for p in Path(root).glob("*") if (p / "config.json").is_file()):
-        try:
-            config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        except ValueError:
-            config = {}
-        row = {"run": run.name, "path": str(run), **_flatten(config)}
+    root = Path(root)
+    for run in _run_folders(root) if root.is_dir() else []:
+        row = {"run": run.relative_to(root).as_posix(), "path": str(run), **_flatten(_read_json(run / "config.json"))}
+        if (run / STATUS_FILE).is_file():
+            status = _read_json(run / STATUS_FILE)
+            row["status"], row["error"] = status.get("status"), status.get("error")
         m = load_metrics(run)
         if not m.empty:
             row["steps"] = int(m["step"].max())
             if "train_loss" in m:
                 row["final_train_loss"] = m["train_loss"].dropna().iloc[-1] if m["train_loss"].notna().any() else None
-            if "val_loss" in m and m["val_loss"].notna().any():
-                val = m["val_loss"].dropna()
-                row["final_val_loss"], row["best_val_loss"] = val.iloc[-1], val.min()
+            row.update(_val_losses(m))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _val_losses(metrics: pd.DataFrame) -> dict:
+    """``final_val_loss`` and ``best_val_loss`` of a metrics table; empty when it has no validation rows."""
+    if "val_loss" not in metrics or not metrics["val_loss"].notna().any():
+        return {}
+    val = metrics["val_loss"].dropna()
+    return {"final_val_loss": val.iloc[-1], "best_val_loss": val.min()}
 
 
 # ------------------------------------------------------------------------------- notebook pipeline
@@ -298,7 +335,7 @@ def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeli
         raise ValueError(f"parameters file {profile}: section(s) {unknown_sections} match no notebook; "
                          f"use 'all' or one of {[n.stem for n in notebooks]}")
     plan = [(nb, check_parameters(nb, _params_for(nb, prof))) for nb in notebooks]
-    out = new_run(runs_root, name, {"profile": str(profile) if profile else None,
+    out = new_run(runs_root, name, {"kind": "pipeline", "profile": str(profile) if profile else None,
                                     "notebooks": {nb.stem: params for nb, params in plan}})
     summaries = {}
     for nb, params in plan:
@@ -316,6 +353,168 @@ def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeli
         summaries[nb.stem] = {"seconds": round(time.time() - started, 1), **read_summary(target)}
         (out / "summary.json").write_text(json.dumps(summaries, indent=1), encoding="utf-8")
     return out
+
+
+# ---------------------------------------------------------------------------------- parameter sweeps
+
+def expand_grid(grid) -> list[dict]:
+    """The runs of a sweep grid, in order: ``{name: [values]}`` is the Cartesian product (the last
+    name varies fastest), a list of dicts is taken as the explicit runs."""
+    if isinstance(grid, dict):
+        if not grid:
+            raise ValueError("the grid is empty; give each swept parameter a list of values, e.g. {'n_layer': [2, 4]}")
+        for name, values in grid.items():
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"grid[{name!r}]={values!r} is not a list of values; write [{values!r}], "
+                                 f"or pass a single value in fixed=")
+            if not values:
+                raise ValueError(f"grid[{name!r}] is an empty list; give it at least one value")
+        return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    if isinstance(grid, (list, tuple)):
+        if not grid:
+            raise ValueError("the grid is an empty list; give at least one run, e.g. [{'n_layer': 2}]")
+        for run in grid:
+            if not isinstance(run, dict):
+                raise ValueError(f"grid entry {run!r} is not a dict; a list grid holds one dict of parameters per run")
+        return [dict(run) for run in grid]
+    raise ValueError(f"grid must be a dict of name → list of values or a list of dicts, not {type(grid).__name__}")
+
+
+def _slug(params: dict, limit: int = 80) -> str:
+    """``n_layer=2,learning_rate=0.001``: a short, readable run name (new_run makes it a folder name)."""
+    shown = ",".join(f"{k}={format(v, 'g') if isinstance(v, float) else v}" for k, v in params.items())
+    return shown[:limit] or "defaults"
+
+
+def sweep(notebook, grid, *, fixed: dict | None = None, parallel: int = 1, runs_root=RUNS_DIR,
+          name: str | None = None, log: Callable[[str], object] | None = None) -> pd.DataFrame:
+    """Execute ``notebook`` with papermill once per combination of ``grid``, each into its own run folder.
+
+    ``grid`` is ``{name: [values]}`` (every combination, in order) or a list of dicts (explicit runs);
+    ``fixed`` holds parameters shared by every run. Every name is checked against the notebook's
+    parameters cell and every value converted to its declared type (``"2"`` → ``2``) before anything
+    runs; a bad one raises ValueError. Layout::
+
+        runs_root/<time>-sweep-<stem>/           config.json ({"kind": "sweep", ...}), results.csv
+            <time>-n_layer-2-lr-0.001/           status.json, <notebook>.ipynb and .html, and what the
+                                                 notebook writes (it gets ``run_dir`` when it declares it)
+
+    A failing run is recorded (status ``failed`` with its error) and the sweep goes on; up to
+    ``parallel`` notebooks run at once. Returns one row per run in grid order: ``run``, ``path``,
+    ``status``, ``error``, ``seconds``, the swept parameters, the notebook's ``summary`` numbers and
+    ``best_val_loss``/``final_val_loss`` from its metrics; ``results.csv`` holds the same table and is
+    rewritten after every finished run (``pending`` rows have not finished). ``table.attrs["folder"]``
+    is the sweep folder.
+    """
+    log = _serialised(log or logging.getLogger(__name__).info)  # runs start in worker threads
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise ValueError(f"notebook {notebook} does not exist")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel={parallel!r} must be a whole number >= 1 (how many notebooks run at once)")
+    fixed = dict(fixed or {})
+    combos = expand_grid(grid)
+    swept = list(dict.fromkeys(k for combo in combos for k in combo))
+    both = sorted(set(swept) & set(fixed))
+    if both:
+        raise ValueError(f"{both} both swept and fixed; give each parameter in the grid or in fixed, not both")
+    if "run_dir" in swept or "run_dir" in fixed:
+        raise ValueError("run_dir is set by the sweep (one folder per run); leave it out of grid and fixed")
+    takes_run_dir = "run_dir" in notebook_parameters(notebook)
+    plan = [check_parameters(notebook, {**fixed, **combo}) for combo in combos]
+    fixed = check_parameters(notebook, fixed)
+    try:
+        json.dumps(plan)
+    except TypeError as e:
+        raise ValueError(f"sweep parameters must be JSON values (numbers, strings, lists, ...): {e}") from None
+
+    recorded = ({k: [check_parameters(notebook, {k: v})[k] for v in values] for k, values in grid.items()}
+                if isinstance(grid, dict) else [{k: p[k] for k in combo} for combo, p in zip(combos, plan, strict=True)])
+    folder = new_run(Path(runs_root).resolve(), name or f"sweep-{notebook.stem}",
+                     {"kind": "sweep", "notebook": str(notebook), "grid": recorded, "fixed": fixed})
+    rows = []
+    for params in plan:
+        run = new_run(folder, _slug({k: params[k] for k in swept}), {"sweep_params": params})
+        rows.append({"run": run.name, "path": str(run), "status": "pending", "error": None, "seconds": None,
+                     **{k: params.get(k) for k in swept}})
+    _write_results(folder, rows)
+    log(f"sweep {folder}: {len(plan)} run(s) of {notebook.name}, up to {parallel} at once")
+
+    cwd = os.getcwd()  # papermill's chdir is process-wide: with threads, who restores it last is luck
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lmkit-sweep")
+    try:
+        futures = {pool.submit(_sweep_one, notebook, Path(row["path"]), params, takes_run_dir, log): row
+                   for row, params in zip(rows, plan, strict=True)}
+        for future in as_completed(futures):
+            row, (status, numbers) = futures[future], future.result()
+            row.update(status)
+            row.update({k: v for k, v in numbers.items() if k not in row})  # a summary's `run` never wins
+            _write_results(folder, rows)
+            log(f"sweep run {row['run']}: {row['status']} in {row['seconds']:.1f} s"
+                + (f" ({row['error']})" if row["error"] else ""))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        os.chdir(cwd)
+    table = _write_results(folder, rows)
+    failed = sum(row["status"] != "ok" for row in rows)
+    log(f"sweep {folder.name}: {len(rows) - failed} ok, {failed} failed; results in {folder / 'results.csv'}")
+    return table
+
+
+def _serialised(log: Callable[[str], object]) -> Callable[[str], None]:
+    """``log`` made safe to call from several threads (``print`` would interleave its lines)."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            log(line)
+
+    return say
+
+
+def _sweep_one(notebook: Path, run: Path, params: dict, takes_run_dir: bool, log) -> tuple[dict, dict]:
+    """Execute one run of a sweep: ``({status, error, seconds}, {summary and validation numbers})``.
+    A failing notebook does not raise; its error is returned."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .files import write_json_atomic
+
+    target = run / notebook.name
+    status = {"status": "running", "params": params, "seconds": 0.0, "error": None}
+    write_json_atomic(run / STATUS_FILE, status)
+    log(f"sweep run {run.name}: started")
+    started = time.time()
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(target), parameters={**params, **({"run_dir": str(run)} if takes_run_dir else {})},
+            cwd=str(notebook.parent), progress_bar=False, kernel_name="python3",
+            resources={"metadata": {"path": str(notebook.parent)}})  # the kernel's cwd, whatever the process's is
+    except PapermillExecutionError as e:
+        status.update(status="failed", error=f"{e.ename}: {e.evalue} (cell {e.cell_index})")
+    except Exception as e:  # a kernel that died or never started: recorded, the sweep goes on
+        status.update(status="failed", error=f"{type(e).__name__}: {e}")
+    else:
+        status["status"] = "ok"
+    status["seconds"] = round(time.time() - started, 2)
+    write_json_atomic(run / STATUS_FILE, status)
+    found = {}
+    if target.is_file():
+        try:
+            export_html(target)
+            found = read_summary(target)
+        except Exception as e:  # an unreadable notebook must not cost the sweep its other runs
+            log(f"sweep run {run.name}: could not export or read {target.name}: {type(e).__name__}: {e}")
+    return {k: status[k] for k in ("status", "error", "seconds")}, {**found, **_val_losses(load_metrics(run))}
+
+
+def _write_results(folder: Path, rows: list[dict]) -> pd.DataFrame:
+    from .files import write_bytes_atomic
+
+    table = pd.DataFrame(rows)
+    write_bytes_atomic(folder / "results.csv", table.to_csv(index=False).encode("utf-8"))
+    table.attrs["folder"] = str(folder)
+    return table
 
 
 CHECKED_TAG = "nbval-check-output"  # cells whose stored output `make test` compares (nbval)
