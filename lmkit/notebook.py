@@ -26,7 +26,7 @@ def setup(seed: int = 0, device: str = "auto"):
     pio.renderers.default = "plotly_mimetype+lmkit_notebook"  # live in JupyterLab, self-contained in HTML
     pio.defaults.mathjax = False  # MathJax would be fetched from a CDN
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "kaleido", "choreographer", "logistro"):
+    for noisy in ("httpx", "urllib3", "filelock", "kaleido", "choreographer", "logistro", "papermill"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     seed_everything(seed)
     return auto_device(device)

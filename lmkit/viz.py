@@ -38,6 +38,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .files import write_bytes_atomic
+from .scaling import SYMBOLS, PowerLaw
 
 # Okabe–Ito, in their published order.
 PALETTE: tuple[str, ...] = (
@@ -1306,7 +1307,6 @@ def matrix_grid(matrices: Mapping[str, Any], row_labels: Sequence[str], col_labe
 # ---------------------------------------------------------------------------------------------
 # Scaling figures (notebook 06_scaling)
 # ---------------------------------------------------------------------------------------------
-from .scaling import SYMBOLS, PowerLaw  # noqa: E402  (this section's import; scaling imports nothing from viz)
 
 _SCALING_AXES = {
     "parameters": "parameters N (non-embedding)",

@@ -4,6 +4,7 @@
 
 import json
 
+import nbformat
 import pytest
 import yaml
 
@@ -35,4 +36,13 @@ def test_data_and_training_notebooks_take_overridden_parameters(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert run.name.endswith("-smoke") and config["model"]["n_layer"] == 1 and config["model"]["vocab_size"] == 300
     assert (run / "checkpoints" / "step_000020" / "manifest.json").is_file()
+    assert {"config.json", "metrics.jsonl", "diagnostics.jsonl", "samples.txt", "attention"} <= {
+        p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "attention").glob("step_*")) == [
+        "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"]  # untrained, then each eval
+    assert (run / "samples.txt").read_text().count("--- temperature") == 3
+    training_cell = next(c for c in nbformat.read(out / "03_training.ipynb", as_version=4).cells
+                         if "LiveLossPlot(" in c.source)
+    # the live FigureWidget was replaced in place by a static figure: the saved notebook keeps a plot
+    assert "application/vnd.plotly.v1+json" in training_cell.outputs[0].get("data", {})
     assert {p.name for p in out.iterdir()} >= {"01_data.html", "03_training.html", "summary.json"}

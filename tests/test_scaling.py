@@ -46,6 +46,12 @@ def test_offset_fit_recovers_the_irreducible_loss():
     assert plain.alpha < 0.2, "without the offset the floor flattens the slope"
 
 
+def test_offset_fit_finds_a_floor_that_dwarfs_the_power_law_term():
+    """Started at c = 0 alone, the fit stalls there with alpha ≈ 0; the other starting points find it."""
+    fit = fit_power_law(N, 0.5 * N ** -0.5 + 3.0, offset=True)
+    assert (fit.alpha, fit.c) == (pytest.approx(0.5, rel=1e-3), pytest.approx(3.0, rel=1e-3))
+
+
 def test_offset_fit_on_noisy_data_stays_close():
     rng = np.random.default_rng(1)
     y = (40.0 * N ** -0.3 + 1.2) * np.exp(rng.normal(0.0, 0.003, N.size))
@@ -111,8 +117,9 @@ def test_usable_runs_leaves_out_failed_and_missing():
     runs = sweep_table()
     runs.loc[1, "status"] = "failed"
     runs.loc[2, "val_loss"] = np.nan
+    runs.loc[3, "val_loss"] = np.inf  # a diverged run
     ok, left_out = usable_runs(runs)
-    assert list(ok.index) == [0, 3] and list(left_out.index) == [1, 2]
+    assert list(ok.index) == [0] and list(left_out.index) == [1, 2, 3]
     with pytest.raises(ValueError, match="no column"):
         usable_runs(runs, columns=("parameters", "loss"))
     all_failed = pd.DataFrame({"run": ["a", "b"], "status": ["failed"] * 2, "error": ["OOM", "OOM"]})
