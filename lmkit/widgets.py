@@ -154,6 +154,9 @@ class _Static:
     def __init__(self, fig: go.Figure):
         self.fig = fig
 
+    def __repr__(self) -> str:  # the text/plain part of the bundle
+        return f"<figure: {self.fig.layout.title.text or 'plotly'}>"
+
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
         return self.fig._repr_mimebundle_(include, exclude)
 
