@@ -134,10 +134,16 @@ def _unlock(path: Path, pid: int) -> None:
 
 
 def newest_checkpoint(root=RUNS_DIR) -> Path | None:
-    """The newest intact checkpoint of the newest run under ``root`` that has one, or None."""
+    """The newest intact checkpoint of the newest pretraining run directly under ``root``, or None.
+
+    Runs whose config.json sets a ``kind`` (fine-tuning runs, sweeps, pipelines) are passed over:
+    what the attention and fine-tuning notebooks want is a pretrained language model.
+    """
     from .checkpoint import latest_valid
 
     for run in sorted((p for p in Path(root).glob("*") if (p / "checkpoints").is_dir()), reverse=True):
+        if _read_json(run / "config.json").get("kind", "pretrain") != "pretrain":
+            continue
         found = latest_valid(run)
         if found is not None:
             return found

@@ -1,0 +1,22 @@
+"""Run folders: finding the newest pretrained checkpoint among runs of several kinds."""
+
+import json
+
+from lmkit import checkpoint, runs
+
+from .conftest import make_model
+
+
+def test_newest_checkpoint_is_the_newest_pretraining_run(tmp_path):
+    older = runs.new_run(tmp_path, "a-pretrain", {"model": {}})
+    checkpoint.save(older / "checkpoints" / "step_000010", make_model(), step=10)
+    finetune = runs.new_run(tmp_path, "b-finetune", {"kind": "finetune"})
+    checkpoint.save(finetune / "checkpoints" / "step_000005", make_model(), step=5)
+    assert runs.newest_checkpoint(tmp_path) == older / "checkpoints" / "step_000010"  # fine-tuning run passed over
+    newer = runs.new_run(tmp_path, "c-pretrain", {"kind": "pretrain"})
+    assert runs.newest_checkpoint(tmp_path) == older / "checkpoints" / "step_000010"  # no checkpoint there yet
+    checkpoint.save(newer / "checkpoints" / "step_000001", make_model(), step=1)
+    assert runs.newest_checkpoint(tmp_path) == newer / "checkpoints" / "step_000001"
+    (newer / "config.json").write_text(json.dumps({"kind": "sweep"}))
+    assert runs.newest_checkpoint(tmp_path) == older / "checkpoints" / "step_000010"
+    assert runs.newest_checkpoint(tmp_path / "missing") is None
