@@ -57,7 +57,7 @@ class CheckpointInfo:
     parent: str | None
     metrics: list
     task: str = "lm"  # "lm" (a GPT) or "classification" (a lmkit.finetune.GPTClassifier)
-    classifier: dict | None = None  # n_classes, labels, pooling, class_weights of a classifier
+    classifier: dict | None = None  # n_classes, labels, pooling, class_weights, feature_norm of a classifier
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -268,7 +268,8 @@ def load_classifier(path, device="cpu"):
                               f"save the model after lmkit.finetune.merge_lora(model) to get a loadable classifier")
     try:
         model = GPTClassifier(GPT(info.model_config), spec["n_classes"], labels=spec["labels"],
-                              pooling=spec["pooling"], class_weights=spec.get("class_weights"))
+                              pooling=spec["pooling"], class_weights=spec.get("class_weights"),
+                              feature_norm=spec["feature_norm"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info.path / 'config.json'}: bad classifier settings ({e!r})") from None
     load_weights(model, info.path, device)
