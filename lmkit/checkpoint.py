@@ -4,7 +4,8 @@ A checkpoint is a folder::
 
     step_000500/
         model.safetensors          weights of the uncompiled, unwrapped model
-        config.json                format, GPTConfig, TrainConfig, step, parent checkpoint
+        config.json                format, GPTConfig, TrainConfig, step, parent checkpoint; for a
+                                   classifier also "task": "classification" and its head's settings
         tokenizer.json             the tokenizer (lmkit.tokenizer JSON), when there is one
         metrics.json               the metric history up to this step
         trainer_state.safetensors  optimizer tensors and RNG states (for exact resume)
@@ -55,6 +56,8 @@ class CheckpointInfo:
     train_config: dict | None
     parent: str | None
     metrics: list
+    task: str = "lm"  # "lm" (a GPT) or "classification" (a lmkit.finetune.GPTClassifier)
+    classifier: dict | None = None  # n_classes, labels, pooling, class_weights, feature_norm of a classifier
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -80,6 +83,8 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
 
     ``trainer_state`` is ``(tensors, meta)`` from ``Trainer.state_dict()``; without it the checkpoint
     holds a model for inference and fine-tuning but cannot resume training exactly.
+    ``model`` may also be a ``lmkit.finetune.GPTClassifier`` (read it back with ``load_classifier``);
+    one with LoRA adapters still unmerged saves for resuming only: ``merge_lora`` it first.
     """
     path = Path(path)
     model = unwrap(model)
@@ -88,10 +93,12 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
     tmp.mkdir()
     try:
         save_model(model, str(tmp / "model.safetensors"))
-        _write_json(tmp / "config.json", {
-            "format": FORMAT, "step": step, "model": model.config.to_dict(),
-            "train": train_config, "parent": parent,
-        })
+        config = {"format": FORMAT, "step": step, "model": model.config.to_dict(), "train": train_config,
+                  "parent": parent}
+        if hasattr(model, "classifier_config"):
+            unmerged = any(".lora_" in name for name, _ in model.named_parameters())
+            config.update(task="classification", classifier={**model.classifier_config(), "lora_unmerged": unmerged})
+        _write_json(tmp / "config.json", config)
         if tokenizer is not None:
             _write_json(tmp / "tokenizer.json", tokenizer.to_dict())
         if metrics is not None:
@@ -225,7 +232,8 @@ def read_info(path) -> CheckpointInfo:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else []
-    return CheckpointInfo(path, int(cfg.get("step", 0)), model_config, cfg.get("train"), cfg.get("parent"), metrics)
+    return CheckpointInfo(path, int(cfg.get("step", 0)), model_config, cfg.get("train"), cfg.get("parent"), metrics,
+                          cfg.get("task", "lm"), cfg.get("classifier"))
 
 
 def load(path, device="cpu") -> tuple[GPT, object]:
@@ -233,14 +241,46 @@ def load(path, device="cpu") -> tuple[GPT, object]:
 
     The model comes back in eval mode on ``device``; the tokenizer is None if none was saved.
     """
-    from .tokenizer import tokenizer_from_dict
-
     info = read_info(path)
+    if info.task != "lm":
+        raise ValueError(f"{info.path} holds a {info.task} model (a GPT with a classification head), not a "
+                         f"language model; load it with lmkit.checkpoint.load_classifier(path)")
     model = GPT(info.model_config)
     load_weights(model, info.path, device)
-    tok_path = info.path / "tokenizer.json"
-    tokenizer = tokenizer_from_dict(_read_json(tok_path)) if tok_path.exists() else None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), _load_tokenizer(info.path)
+
+
+def load_classifier(path, device="cpu"):
+    """Rebuild ``(classifier, tokenizer, labels)`` from a classifier checkpoint (or run folder).
+
+    The classifier is a ``lmkit.finetune.GPTClassifier`` in eval mode on ``device``; ``labels`` are
+    its class names, index = class id.
+    """
+    from .finetune import GPTClassifier
+
+    info = read_info(path)
+    if info.task != "classification":
+        raise ValueError(f"{info.path} holds a language model, not a classifier; load it with "
+                         f"lmkit.checkpoint.load(path)")
+    spec = info.classifier if isinstance(info.classifier, dict) else {}
+    if spec.get("lora_unmerged"):
+        raise CheckpointError(f"{info.path} holds unmerged LoRA adapters (a checkpoint for resuming the LoRA run); "
+                              f"save the model after lmkit.finetune.merge_lora(model) to get a loadable classifier")
+    try:
+        model = GPTClassifier(GPT(info.model_config), spec["n_classes"], labels=spec["labels"],
+                              pooling=spec["pooling"], class_weights=spec.get("class_weights"),
+                              feature_norm=spec["feature_norm"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{info.path / 'config.json'}: bad classifier settings ({e!r})") from None
+    load_weights(model, info.path, device)
+    return model.to(device).eval(), _load_tokenizer(info.path), list(model.labels)
+
+
+def _load_tokenizer(path: Path):
+    from .tokenizer import tokenizer_from_dict
+
+    tok_path = path / "tokenizer.json"
+    return tokenizer_from_dict(_read_json(tok_path)) if tok_path.exists() else None
 
 
 def load_weights(model: GPT, path, device="cpu") -> None:

@@ -1,4 +1,5 @@
-"""Evaluation: language-modelling loss, perplexity and bits per character over a whole split.
+"""Evaluation: language-modelling loss, perplexity and bits per character over a whole split;
+classification metrics (``classification_metrics``, scikit-learn underneath).
 
 Bits per character (bpc) divides the total negative log-likelihood, in bits, by the number of
 characters the tokens stand for, so a character-level and a BPE model are comparable on one table
@@ -83,3 +84,53 @@ def sample_texts(model, tokenizer, prompt: str = "\n", n: int = 1, seed: int = 0
     out = model.generate(ids, generator=generator, **generate_kwargs)
     model.train(was_training)
     return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def classification_metrics(y_true, y_pred, probabilities=None, labels=None) -> dict:
+    """Accuracy, macro-F1, a per-class table, one-vs-rest ROC-AUC and the confusion matrix, all from
+    scikit-learn.
+
+    ``y_true``/``y_pred``: (N,) class labels (ints or strings). ``labels``: every class, in the
+    column order of ``probabilities`` (default: the sorted labels seen in y_true and y_pred).
+    ``probabilities`` (N, K): predicted class probabilities; gives ``roc_auc``, the macro average of
+    one-vs-rest AUCs over the classes that occur in y_true (NaN for a class that does not, or when
+    y_true holds a single class: AUC is undefined there).
+
+    Returns ``accuracy``, ``macro_f1``, ``per_class`` (DataFrame indexed by label: precision,
+    recall, f1, support, and roc_auc with probabilities), ``confusion`` (DataFrame, rows = true
+    label, columns = predicted) and ``roc_auc`` (None without probabilities).
+    """
+    import pandas as pd
+    from sklearn import metrics
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or y_true.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty 1-D arrays of one length; got shapes "
+                         f"{y_true.shape} and {y_pred.shape}")
+    labels = list(np.unique(np.concatenate([y_true, y_pred]))) if labels is None else list(labels)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    per_class = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support},
+                             index=pd.Index(labels, name="label"))
+    confusion = pd.DataFrame(metrics.confusion_matrix(y_true, y_pred, labels=labels),
+                             index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+    roc_auc = None
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.shape != (len(y_true), len(labels)):
+            raise ValueError(f"probabilities has shape {probabilities.shape}; expected (N, K) = "
+                             f"({len(y_true)}, {len(labels)}), one column per label in `labels`")
+        # one-vs-rest per class (sklearn's multi_class="ovr" does the same, but refuses a split in
+        # which some class never occurs); defined only for classes with positives and negatives
+        per_class["roc_auc"] = [
+            float(metrics.roc_auc_score(y_true == c, probabilities[:, i])) if 0 < (y_true == c).sum() < len(y_true)
+            else float("nan") for i, c in enumerate(labels)]
+        defined = per_class["roc_auc"].dropna()
+        roc_auc = float(defined.mean()) if len(defined) else float("nan")
+    return {
+        "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(metrics.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": per_class,
+        "confusion": confusion,
+        "roc_auc": roc_auc,
+    }

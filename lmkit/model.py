@@ -231,6 +231,24 @@ class GPT(nn.Module):
         takes the explicit attention path and returns ``.attentions``, one (B, nh, T, S) tensor of
         probabilities per layer. ``past_key_values``/``use_cache`` carry the KV cache of ``generate``.
         """
+        h, attentions, present = self._trunk(idx, output_attentions, past_key_values)
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return GPTOutput(
+            logits=logits, loss=loss,
+            attentions=tuple(attentions) if output_attentions else None,
+            past_key_values=present if use_cache else None,
+        )
+
+    def hidden_states(self, idx) -> torch.Tensor:
+        """Final hidden states (B, T, C) of idx (B, T): the output of ``ln_f``, the features that
+        ``lm_head`` reads; classifiers (``lmkit.finetune.GPTClassifier``) pool them."""
+        return self._trunk(idx)[0]
+
+    def _trunk(self, idx, output_attentions=False, past_key_values=None):
+        """Embeddings → blocks → ln_f: ``(hidden (B, T, C), attentions per layer, KV per layer)``."""
         B, T = idx.shape
         past = 0 if past_key_values is None else past_key_values[0][0].size(2)
         if past + T > self.config.block_size:
@@ -252,15 +270,7 @@ class GPT(nn.Module):
             x, att, kv = block(x, rope, None if past_key_values is None else past_key_values[i], output_attentions)
             attentions.append(att)
             present.append(kv)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return GPTOutput(
-            logits=logits, loss=loss,
-            attentions=tuple(attentions) if output_attentions else None,
-            past_key_values=present if use_cache else None,
-        )
+        return self.transformer.ln_f(x), attentions, present
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
