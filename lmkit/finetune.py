@@ -605,3 +605,77 @@ def evaluate_classifier(model: nn.Module, data: ClassificationData, batch_size: 
     result.update(loss=float(F.cross_entropy(logits, data.labels)), predictions=y_pred,
                   probabilities=probabilities, labels=list(names))
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# One method end to end, and the comparison table
+# ---------------------------------------------------------------------------------------------
+
+REFERENCE = "minilm"  # the outside reference: fine_tune's method name for MiniLMClassifier
+MINILM_TOKENS = 64  # word pieces per passage for MiniLM (a 256-character passage is about 60)
+
+
+def fine_tune(method: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame, config, *,
+              backbone: GPT | None = None, tokenizer=None, classes: Sequence[str] = PLAY_GENRES,
+              tokens: int | None = None, balanced: bool = True, run_dir=None, parent: str | None = None,
+              lora_r: int = 8, lora_alpha: float = 16, target_modules: Sequence[str] = ("c_attn",),
+              seed: int = 0, callbacks=()) -> dict:
+    """Fine-tune one classifier on ``genre_passages`` frames and score it on validation and test.
+
+    ``method``: one of ``METHODS`` on ``backbone`` (an lmkit GPT; ``tokenizer`` its tokenizer; passages
+    are encoded to ``tokens`` tokens, default the longest passage in characters), or ``"minilm"``
+    (``MiniLMClassifier`` with its own tokenizer, ``tokens`` default ``MINILM_TOKENS``). ``config`` is
+    the ``TrainConfig``; training rows are sampled class-balanced when ``balanced``.
+
+    With ``run_dir`` (GPT methods only) the Trainer checkpoints there with ``parent`` recorded; a
+    LoRA classifier is merged (``merge_lora``) after training and its last checkpoint rewritten with
+    the merged weights, so ``lmkit.checkpoint.load_classifier`` reads every method's result alike
+    (the earlier LoRA checkpoints keep their adapters, for resuming).
+
+    Returns ``method``, ``model``, ``history``, ``val`` and ``test`` (``evaluate_classifier`` dicts),
+    ``trainable``/``total`` parameters (counted before a LoRA merge), ``wall_s``, ``peak_mb``,
+    ``memory``, ``tokens`` and ``checkpoint`` (the final checkpoint's path, or None).
+    """
+    from . import checkpoint as ckpt
+
+    if method not in (*METHODS, REFERENCE):
+        raise ValueError(f"method={method!r}; use one of {[*METHODS, REFERENCE]}")
+    if method == REFERENCE:
+        if run_dir is not None:
+            raise ValueError("fine_tune('minilm', ...): lmkit checkpoints hold GPT classifiers only; pass run_dir=None")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)  # the same head initialisation rule as make_classifier
+            model = MiniLMClassifier(len(classes), labels=classes)
+        tokenizer, tokens = model.tokenizer, tokens or MINILM_TOKENS
+    else:
+        if backbone is None or tokenizer is None:
+            raise ValueError(f"fine_tune({method!r}, ...) needs the pretrained backbone and its tokenizer")
+        model = make_classifier(method, backbone, len(classes), labels=classes, lora_r=lora_r,
+                                lora_alpha=lora_alpha, target_modules=target_modules, seed=seed)
+        tokens = tokens or int(pd.concat([train_df, val_df, test_df])["text"].str.len().max())
+    data = {name: ClassificationData.from_frame(df, tokenizer, tokens, classes, balanced=balanced and name == "train")
+            for name, df in (("train", train_df), ("val", val_df), ("test", test_df))}
+    trained = train_classifier(model, data["train"], data["val"], config, run_dir=run_dir, parent=parent,
+                               tokenizer=tokenizer if method != REFERENCE else None, callbacks=callbacks)
+    trainer, final = trained.pop("trainer"), None
+    if method == "lora":
+        merge_lora(model)
+    if run_dir is not None:
+        final = ckpt.latest_valid(run_dir)
+        if method == "lora" and final is not None:  # rewrite the last checkpoint with the merged weights
+            ckpt.save(final, model, tokenizer, step=trainer.step, train_config=config.to_dict(),
+                      metrics=trainer.history, parent=parent)
+    return {"method": method, "model": model, **trained, "tokens": tokens, "checkpoint": final,
+            "val": evaluate_classifier(model, data["val"]), "test": evaluate_classifier(model, data["test"])}
+
+
+def results_table(results: Sequence[dict], split: str = "test") -> pd.DataFrame:
+    """One row per ``fine_tune`` result, indexed by method: accuracy, macro-F1 and ROC-AUC on
+    ``split``, trainable and total parameters, the trainable share, wall time and peak memory."""
+    rows = []
+    for r in results:
+        scores = r[split]
+        rows.append({"method": r["method"], "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+                     "roc_auc": scores["roc_auc"], "trainable": r["trainable"], "total": r["total"],
+                     "trainable_share": r["trainable"] / r["total"], "wall_s": r["wall_s"], "peak_mb": r["peak_mb"]})
+    return pd.DataFrame(rows).set_index("method")

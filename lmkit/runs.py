@@ -9,7 +9,8 @@ Every run lives in its own folder under a root (``runs/`` by default)::
         samples.txt      text sampled at the end, when the run wrote any
 
 A sweep (``sweep(notebook, grid)``) is a container folder of such runs, each with a ``status.json``,
-plus ``results.csv``; a pipeline (``run_pipeline``) is a container of executed notebooks.
+plus ``results.csv``; a pipeline (``run_pipeline``) is a container of executed notebooks; a
+fine-tuning run of ``04_finetuning`` (kind ``finetune``) holds one run per method.
 ``load_runs(root)`` gathers every run below ``root``, containers skipped, into one pandas table.
 """
 
@@ -174,7 +175,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-CONTAINER_KINDS = ("sweep", "pipeline")  # config.json "kind" of folders that hold runs, not one run
+CONTAINER_KINDS = ("sweep", "pipeline", "finetune")  # config.json "kind" of folders that hold runs, not one run
 STATUS_FILE = "status.json"  # a sweep's run: {"status", "params", "seconds", "error"}
 
 
@@ -188,7 +189,7 @@ def _read_json(path: Path) -> dict:
 
 def _run_folders(folder: Path):
     """Run folders below ``folder``, sorted: a folder with a config.json is a run (its checkpoints are
-    not searched) unless its ``kind`` marks a container (sweep, pipeline), whose children are."""
+    not searched) unless its ``kind`` marks a container (sweep, pipeline, finetune), whose children are."""
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
                         and not p.name.startswith(".")):
         if (child / "config.json").is_file() and _read_json(child / "config.json").get("kind") not in CONTAINER_KINDS:
@@ -198,8 +199,8 @@ def _run_folders(folder: Path):
 
 
 def load_runs(root="runs") -> pd.DataFrame:
-    """One row per run folder below ``root``, however deep (``runs/<sweep>/<run>``; sweep and pipeline
-    folders themselves are skipped): ``run`` (the path under ``root``), ``path``, config columns
+    """One row per run folder below ``root``, however deep (``runs/<sweep>/<run>``; sweep, pipeline and
+    finetune folders themselves are skipped): ``run`` (the path under ``root``), ``path``, config columns
     (``model.n_layer``, ``train.learning_rate``, ...), ``status``/``error`` of sweep runs, and summary
     metrics (steps, final train loss, final and best validation loss)."""
     rows = []

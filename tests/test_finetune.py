@@ -376,3 +376,58 @@ def test_minilm_classifier_masks_padding_and_trains_end_to_end():
     out.loss.backward()
     assert clf.head.weight.grad.abs().sum() > 0
     assert clf.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------- one method end to end
+
+def genre_frames():
+    """Train/val/test frames over the synthetic corpus, whose genres are told apart by their letters."""
+    docs, meta = synthetic_corpus(plays=(4, 4, 4), chars=1200)
+    letters = {"comedy": "abc ", "history": "def ", "tragedy": "ghij "}
+    genres, rng = meta.set_index("file")["genre"], random.Random(1)
+    docs = [Document(d.name, "".join(rng.choice(letters.get(genres[d.name], LETTERS)) for _ in d.text))
+            for d in docs]  # each genre writes with its own letters: a task a tiny model can learn
+    df = genre_passages(docs, passage_chars=16, passages_per_play=20, skip_chars=0, metadata=meta)
+    return split_by_play(df, 0.25, 0.25)
+
+
+def test_fine_tune_trains_saves_and_scores_every_gpt_method(tmp_path):
+    from lmkit.finetune import fine_tune, results_table
+
+    train, val, test = genre_frames()
+    backbone = make_model(dropout=0.0, block_size=16)
+    before = state(backbone)
+    results = []
+    for method in ("full", "lora", "probe"):
+        r = fine_tune(method, train, val, test, make_config(max_steps=30, batch_size=16, learning_rate=1e-2,
+                                                           eval_interval=15),
+                      backbone=backbone, tokenizer=TOK, run_dir=tmp_path / method, parent="pretrained/step_9",
+                      lora_r=4)
+        results.append(r)
+        assert r["tokens"] == 16 and r["test"]["accuracy"] > 0.6  # chance is 1/3
+        assert r["checkpoint"] == ckpt.latest_valid(tmp_path / method)
+        loaded, tok, labels = ckpt.load_classifier(r["checkpoint"])  # LoRA too: merged before the last save
+        assert labels == list(PLAY_GENRES) and tok.chars == TOK.chars
+        assert ckpt.read_info(r["checkpoint"]).parent == "pretrained/step_9"
+        x = next(ClassificationData.from_frame(test, TOK, 16, PLAY_GENRES).batches(64))[0]
+        r["model"].eval()
+        torch.testing.assert_close(loaded(x).logits, r["model"](x).logits)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
+    table = results_table(results)
+    assert list(table.index) == ["full", "lora", "probe"]
+    assert table.loc["full", "trainable"] == table.loc["full", "total"]
+    assert table.loc["probe", "trainable"] == 16 * 3 + 3  # the head only
+    assert table.loc["probe", "trainable"] < table.loc["lora", "trainable"] < table.loc["full", "trainable"]
+    assert table.loc["lora", "accuracy"] == pytest.approx(results[1]["test"]["accuracy"])
+
+
+def test_fine_tune_refuses_what_it_cannot_do():
+    from lmkit.finetune import fine_tune
+
+    train, val, test = genre_frames()
+    with pytest.raises(ValueError, match="use one of"):
+        fine_tune("prompting", train, val, test, make_config())
+    with pytest.raises(ValueError, match="needs the pretrained backbone"):
+        fine_tune("full", train, val, test, make_config())
+    with pytest.raises(ValueError, match="GPT classifiers only"):
+        fine_tune("minilm", train, val, test, make_config(), run_dir="somewhere")

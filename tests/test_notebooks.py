@@ -5,25 +5,27 @@
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
-from lmkit import runs
+from lmkit import checkpoint, runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
-def test_data_and_training_notebooks_take_overridden_parameters(tmp_path):
+def test_data_training_and_finetuning_notebooks_take_overridden_parameters(tmp_path):
     prepared = tmp_path / "prepared"
+    smoke = yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())
     profile = {
         "all": {"prepared_dir": str(prepared)},
         "01_data": {"keep": "both", "tokenizer": "bpe", "vocab_size": 300, "compare_vocab_sizes": [300]},
         "02_attention": {"runs_root": str(tmp_path / "attention"), "quick_train_steps": 12},
-        "03_training": {**yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())["03_training"],
-                        "runs_root": str(tmp_path / "training"), "run_name": "smoke"},
+        "03_training": {**smoke["03_training"], "runs_root": str(tmp_path / "training"), "run_name": "smoke"},
+        "04_finetuning": {**smoke["04_finetuning"], "runs_root": str(tmp_path / "finetune")},
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
-    notebooks = [runs.NOTEBOOK_DIR / f"{n}.ipynb" for n in ("01_data", "02_attention", "03_training")]
+    notebooks = [runs.NOTEBOOK_DIR / f"{n}.ipynb" for n in ("01_data", "02_attention", "03_training", "04_finetuning")]
     out = runs.run_pipeline(notebooks, profile=tmp_path / "p.yaml", runs_root=tmp_path / "runs")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["01_data"]["kept"] == summary["01_data"]["documents"] == 77  # keep=both removed nothing
@@ -46,3 +48,27 @@ def test_data_and_training_notebooks_take_overridden_parameters(tmp_path):
     # the live FigureWidget was replaced in place by a static figure: the saved notebook keeps a plot
     assert "application/vnd.plotly.v1+json" in training_cell.outputs[0].get("data", {})
     assert {p.name for p in out.iterdir()} >= {"01_data.html", "03_training.html", "summary.json"}
+
+    # 04: no pretraining run under its runs_root, so it pretrained one on the BPE data, then fine-tuned
+    pretrain, finetune = sorted((tmp_path / "finetune").iterdir())
+    assert pretrain.name.endswith("pretrain-for-finetune") and finetune.name == summary["04_finetuning"]["run"]
+    parent = checkpoint.latest_valid(pretrain)
+    assert parent.name == "step_000012" and summary["04_finetuning"]["parent"].endswith("step_000012")
+    assert json.loads((finetune / "config.json").read_text())["kind"] == "finetune"
+    found = runs.load_runs(finetune.parent)
+    inner = found[found["run"].str.startswith(finetune.name + "/")]  # the container itself is not a run
+    methods = {"full", "lora", "probe", "scratch"}
+    assert len(inner) == 5 and set(inner["method"].dropna()) == methods and (inner["parent"] == str(parent)).all()
+    for method in methods:  # every method's checkpoint loads as a classifier and names its parent
+        (sub,) = finetune.glob(f"*-{method}")
+        last = checkpoint.latest_valid(sub)
+        assert last.name == "step_000003" and checkpoint.read_info(last).parent == str(parent)
+        model, tok, labels = checkpoint.load_classifier(last)
+        assert labels == ["comedy", "history", "tragedy"] and tok.vocab_size == 300
+    (instruct,) = finetune.glob("*-instruct")
+    assert checkpoint.latest_valid(instruct).name == "step_000004"
+    table = pd.read_csv(finetune / "classification.csv", index_col=0)
+    assert list(table.index) == ["full", "lora", "probe", "scratch", "minilm", "majority baseline"]
+    assert table.loc["lora", "trainable"] < table.loc["full", "trainable"] == table.loc["full", "total"]
+    assert {"minilm_accuracy", "api_test_ast_match", "api_train_exact_match"} <= set(summary["04_finetuning"])
+    assert (finetune / "api_calls.csv").is_file() and (out / "04_finetuning.html").is_file()

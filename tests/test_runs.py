@@ -20,3 +20,14 @@ def test_newest_checkpoint_is_the_newest_pretraining_run(tmp_path):
     (newer / "config.json").write_text(json.dumps({"kind": "sweep"}))
     assert runs.newest_checkpoint(tmp_path) == older / "checkpoints" / "step_000010"
     assert runs.newest_checkpoint(tmp_path / "missing") is None
+
+
+def test_load_runs_lists_the_method_runs_inside_a_finetune_folder(tmp_path):
+    container = runs.new_run(tmp_path, "finetune", {"kind": "finetune", "parent": "x/step_000600"})
+    for method in ("full", "lora"):
+        run = runs.new_run(container, method, {"kind": "finetune-classification", "method": method})
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val_loss": 0.9}) + "\n")
+    table = runs.load_runs(tmp_path)
+    assert sorted(table["method"]) == ["full", "lora"] and (table["kind"] == "finetune-classification").all()
+    assert all(r.startswith(container.name + "/") for r in table["run"]) and table["best_val_loss"].tolist() == [0.9, 0.9]
+    assert runs.newest_checkpoint(tmp_path) is None  # neither the container nor its runs are pretraining runs
