@@ -236,8 +236,9 @@ class Trainer:
             saved = self.save_checkpoint() if self.run_dir is not None and self.step > 0 else None
             where = f"; checkpoint {saved}" if saved else ""
             if stop["signal"] == signal.SIGTERM:
-                raise TrainingTerminated(f"terminated by SIGTERM at step {self.step}{where}; continue with "
-                                         f"resume_from={str(self.run_dir)!r}")
+                fix = (f"continue with resume_from={str(self.run_dir)!r}" if saved else
+                       "nothing was saved (no run_dir): pass run_dir=lmkit.runs.new_run(...) to be able to resume")
+                raise TrainingTerminated(f"terminated by SIGTERM at step {self.step}{where}; {fix}")
             log.warning("interrupted at step %d%s", self.step, where)
         self._emit("on_train_end")
         return self.metrics

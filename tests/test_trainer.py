@@ -111,3 +111,21 @@ def test_train_config_from_dict_refuses_unknown_keys():
         TrainConfig.from_dict({"learnig_rate": 1e-3})
 
 
+
+
+def test_sigterm_names_the_checkpoint_to_resume_from_or_says_nothing_was_saved(token_data, tmp_path):
+    import os
+    import signal
+
+    from lmkit.trainer import TrainingTerminated
+
+    class TermAt(Callback):
+        def on_step(self, trainer, metrics):
+            if trainer.step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingTerminated, match=r"step 3; nothing was saved \(no run_dir\)"):
+        Trainer(make_model(), make_config(), *token_data, callbacks=[TermAt()]).train()
+    run = tmp_path / "run"
+    with pytest.raises(TrainingTerminated, match=r"checkpoint .*step_000003; continue with resume_from="):
+        Trainer(make_model(), make_config(), *token_data, run_dir=run, callbacks=[TermAt()]).train()
