@@ -1,19 +1,35 @@
 """Evaluation: language-modelling loss, perplexity and bits per character over a whole split;
-classification metrics (``classification_metrics``, scikit-learn underneath).
+classification metrics (``classification_metrics``, scikit-learn underneath); generation scores
+(BLEU and chrF through sacrebleu) on held-out continuations; robustness of a classifier to
+character noise; and calibration of next-token probabilities.
 
 Bits per character (bpc) divides the total negative log-likelihood, in bits, by the number of
 characters the tokens stand for, so a character-level and a BPE model are comparable on one table
 (Graves 2013 reports enwik8 in bpc; the same conversion is used for byte-level models).
+
+BLEU (Papineni et al. 2002) and chrF (Popović 2015) come from sacrebleu (Post 2018, "A Call for
+Clarity in Reporting BLEU Scores"), whose signature records the tokenisation, so a score can be
+reproduced with its command-line tool. Calibration is the expected calibration error of Guo et al.
+2017 ("On Calibration of Modern Neural Networks"): equal-width confidence bins, weighted by count.
+
+Shapes: N scored positions (or passages), T tokens per window, V vocabulary size.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
 
 
 def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -> list[tuple[int, int]]:
@@ -40,6 +56,42 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -
     return windows
 
 
+def bits_per_char(loss: float, tokens: int, chars: int) -> float:
+    """Mean loss in nats per token → bits per character: ``loss / ln 2 × tokens / chars``.
+
+    ``tokens``: how many tokens the text was encoded into; ``chars``: how many characters that text
+    has. A character-level model has tokens == chars, so its bpc is its bits per token; a BPE model
+    with ~4 characters per token divides its bits per token by ~4.
+    """
+    for name, value in (("tokens", tokens), ("chars", chars)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive int (a count of {name} in the evaluated text)")
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real) or loss < 0:
+        raise ValueError(f"loss={loss!r} must be a mean cross-entropy in nats per token, a real number >= 0")
+    return loss / math.log(2) / (chars / tokens)
+
+
+@torch.no_grad()
+def _scored_windows(model, tokens: np.ndarray, stride: int | None, batch_size: int, device, progress: bool):
+    """Yield ``(logits (B, T, V) float32, targets (B, T))`` over ``sliding_windows``; targets already
+    scored by an earlier window are -100, so every token after the first counts exactly once."""
+    T = model.config.block_size
+    windows = sliding_windows(len(tokens), T, stride)
+    T = min(T, len(tokens) - 1)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in tqdm(range(0, len(windows), batch_size), desc="evaluating", disable=not progress):
+            chunk = windows[i:i + batch_size]
+            block = torch.from_numpy(np.stack([tokens[s:s + T + 1] for s, _ in chunk]).astype(np.int64))
+            x, y = block[:, :-1].contiguous().to(device), block[:, 1:].contiguous().to(device)  # (B, T) each
+            for row, (s, first) in enumerate(chunk):
+                y[row, : first - s - 1] = -100  # already scored by an earlier window
+            yield model(x).logits.float(), y
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def lm_loss(model, tokens, *, stride: int | None = None, batch_size: int = 32, n_chars: int | None = None,
             device=None, progress: bool = False) -> dict:
@@ -49,27 +101,14 @@ def lm_loss(model, tokens, *, stride: int | None = None, batch_size: int = 32, n
     """
     device = device or next(model.parameters()).device
     tokens = np.asarray(tokens)
-    T = model.config.block_size
-    windows = sliding_windows(len(tokens), T, stride)
-    T = min(T, len(tokens) - 1)
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for i in tqdm(range(0, len(windows), batch_size), desc="evaluating", disable=not progress):
-        chunk = windows[i:i + batch_size]
-        block = torch.from_numpy(np.stack([tokens[s:s + T + 1] for s, _ in chunk]).astype(np.int64))
-        x, y = block[:, :-1].contiguous().to(device), block[:, 1:].contiguous().to(device)  # (B, T) each
-        for row, (s, first) in enumerate(chunk):
-            y[row, : first - s - 1] = -100  # already scored by an earlier window
-        logits = model(x).logits.float()
+    for logits, y in _scored_windows(model, tokens, stride, batch_size, device, progress):
         total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
                                        reduction="sum"))
         count += int((y != -100).sum())
-    model.train(was_training)
     loss = total / count
-    chars_per_token = (n_chars or len(tokens)) / len(tokens)
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
-            "bits_per_char": loss / math.log(2) / chars_per_token, "tokens": count}
+            "bits_per_char": bits_per_char(loss, len(tokens), n_chars or len(tokens)), "tokens": count}
 
 
 @torch.no_grad()
@@ -134,3 +173,351 @@ def classification_metrics(y_true, y_pred, probabilities=None, labels=None) -> d
         "confusion": confusion,
         "roc_auc": roc_auc,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: held-out continuations scored with BLEU and chrF
+# ---------------------------------------------------------------------------------------------
+
+def _text_list(values, who: str, what: str) -> list[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{who}: {what} must be a list of str, not one str; wrap it in a list")
+    values = list(values)
+    bad = [type(v).__name__ for v in values if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"{who}: {what} must hold str only; got {bad[:5]}")
+    return values
+
+
+def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """Corpus BLEU and chrF of ``predictions`` (N,) against one reference each (N,), via sacrebleu.
+
+    Both scores are on sacrebleu's 0-100 scale with its defaults (BLEU: 13a tokenisation, 4-grams,
+    exponential smoothing; chrF: character 6-grams, beta 2), so ``sacrebleu refs.txt -i preds.txt -m
+    bleu chrf`` prints the same numbers. Returns ``bleu``, ``chrf``, ``bleu_precisions`` (the four
+    n-gram precisions, %), ``brevity_penalty``, ``n`` (pairs scored) and the two ``*_signature``
+    strings that name the settings.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    predictions = _text_list(predictions, "generation_scores", "predictions")
+    references = _text_list(references, "generation_scores", "references")
+    if not predictions or len(predictions) != len(references):
+        raise ValueError(f"generation_scores needs one reference per prediction and at least one pair; got "
+                         f"{len(predictions)} predictions and {len(references)} references")
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(predictions, [references])
+    chrf_score = chrf.corpus_score(predictions, [references])
+    return {"bleu": float(bleu_score.score), "chrf": float(chrf_score.score),
+            "bleu_precisions": [float(p) for p in bleu_score.precisions], "brevity_penalty": float(bleu_score.bp),
+            "n": len(predictions), "bleu_signature": str(bleu.get_signature()),
+            "chrf_signature": str(chrf.get_signature())}
+
+
+def _prompt_ids(tokenizer, prompt: str, who: str) -> list[int]:
+    if isinstance(tokenizer, CharTokenizer):
+        ids = [tokenizer.stoi[c] for c in prompt if c in tokenizer.stoi]
+        if len(ids) < len(prompt):
+            unknown = sorted({c for c in prompt if c not in tokenizer.stoi})
+            log.info("%s: dropped %d prompt character(s) outside the tokenizer's vocabulary: %r",
+                     who, len(prompt) - len(ids), "".join(unknown[:20]))
+        return ids
+    return list(tokenizer.encode(prompt))
+
+
+@torch.no_grad()
+def continuations(model, tokenizer, texts: Sequence[str], prompt_chars: int = 128, new_chars: int = 64, *,
+                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0, batch_size: int = 32):
+    """Cut each held-out passage into a prompt and a reference continuation; let the model continue.
+
+    Passage i gives ``prompt = texts[i][:prompt_chars]`` and ``reference =
+    texts[i][prompt_chars:prompt_chars + new_chars]``; the model reads the prompt's last
+    ``block_size`` tokens and samples ``new_chars`` tokens (``GPT.generate`` with ``temperature``
+    and ``top_k``; ``top_k=1`` is greedy), decoded and cut to ``new_chars`` characters, so a
+    character-level model and a BPE model are judged on the same span of text. Prompts of equal
+    token length are generated together, up to ``batch_size`` at a time (no padding is needed, so
+    greedy results equal one-by-one generation). One ``torch.Generator`` seeded with ``seed`` drives
+    all batches, in order: same seed, same table.
+    A ``CharTokenizer`` drops prompt characters outside its vocabulary (logged at INFO).
+
+    Returns a DataFrame (N rows): ``prompt``, ``reference``, ``prediction`` — pass the last two to
+    ``generation_scores``.
+    """
+    import pandas as pd
+
+    texts = _text_list(texts, "continuations", "texts")
+    for name, value in (("prompt_chars", prompt_chars), ("new_chars", new_chars), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"continuations: {name}={value!r} must be a positive int")
+    if not texts:
+        raise ValueError("continuations needs at least one passage in texts")
+    short = [(i, len(t)) for i, t in enumerate(texts) if len(t) < prompt_chars + new_chars]
+    if short:
+        raise ValueError(f"continuations: passages {[i for i, _ in short[:10]]} have {[n for _, n in short[:10]]} "
+                         f"characters, fewer than prompt_chars + new_chars = {prompt_chars + new_chars}; "
+                         f"pass longer passages or lower prompt_chars/new_chars")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    block = model.config.block_size
+    was_training = model.training
+    model.eval()
+    prompts = [text[:prompt_chars] for text in texts]
+    ids = []
+    for i, prompt in enumerate(prompts):
+        row = _prompt_ids(tokenizer, prompt, "continuations")[-block:]
+        if not row:
+            raise ValueError(f"continuations: the prompt of passage {i} ({prompt!r}) has no character the "
+                             f"tokenizer knows; evaluate on text from the model's own corpus")
+        ids.append(row)
+    groups: dict[int, list[int]] = {}  # prompt length → its passages, in order
+    for i, row in enumerate(ids):
+        groups.setdefault(len(row), []).append(i)
+    predictions = [""] * len(texts)
+    try:
+        for length, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                idx = torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=device)  # (B, length)
+                out = model.generate(idx, new_chars, temperature=temperature, top_k=top_k, generator=generator)
+                for row, i in enumerate(chunk):
+                    predictions[i] = tokenizer.decode(out[row, length:].tolist())[:new_chars]
+    finally:
+        model.train(was_training)
+    references = [text[prompt_chars:prompt_chars + new_chars] for text in texts]
+    return pd.DataFrame({"prompt": prompts, "reference": references, "prediction": predictions},
+                        columns=["prompt", "reference", "prediction"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness: a classifier's scores as character noise grows
+# ---------------------------------------------------------------------------------------------
+
+def _check_rate(rate, who: str) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
+        raise ValueError(f"{who}: rate={rate!r} must be a probability in [0, 1] (0: clean text, 1: every "
+                         f"character corrupted)")
+    return float(rate)
+
+
+def add_char_noise(text: str, rate: float, seed: int, alphabet: str | None = None) -> str:
+    """``text`` with each character, independently with probability ``rate``, corrupted: half of
+    the corrupted characters are deleted, half substituted by a different character of
+    ``alphabet`` (default: the characters of ``text`` itself, so no unseen character appears).
+
+    The noise is nested: one uniform draw per character (``numpy.random.default_rng(seed)``) is
+    compared with ``rate``, and the kind of corruption and the substitute are drawn once per
+    character too, so for one seed a higher rate corrupts a superset of the positions a lower rate
+    corrupts, in the same way. A curve over rates then degrades one fixed corruption, not fresh noise
+    at every rate. ``rate=0`` returns ``text`` unchanged.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"add_char_noise: text must be a str, got {type(text).__name__}")
+    rate = _check_rate(rate, "add_char_noise")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"add_char_noise: seed={seed!r} must be an int")
+    symbols = sorted(set(text if alphabet is None else alphabet))
+    if rate > 0 and len(symbols) < 2:
+        raise ValueError(f"add_char_noise: the alphabet has {len(symbols)} distinct character(s); substitution "
+                         f"needs at least 2; pass alphabet= with the characters to substitute from")
+    rng = np.random.default_rng(seed)
+    corrupt = rng.random(len(text)) < rate  # (N,) the nested draw: higher rate, superset
+    delete = rng.random(len(text)) < 0.5  # (N,) deletion or substitution, fixed per position
+    pick = rng.random(len(text))  # (N,) which other character substitutes
+    out = []
+    for c, bad, gone, u in zip(text, corrupt, delete, pick, strict=True):
+        if not bad:
+            out.append(c)
+        elif not gone:
+            others = [s for s in symbols if s != c]
+            out.append(others[int(u * len(others))])
+    return "".join(out)
+
+
+def _require_passages(frame, who: str):
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame) or not {"text", "label"} <= set(frame.columns) or frame.empty:
+        raise ValueError(f"{who}: frame must be a non-empty DataFrame with columns 'text' and 'label' "
+                         f"(lmkit.finetune.genre_passages); got {type(frame).__name__} with columns "
+                         f"{list(getattr(frame, 'columns', []))}")
+    return frame
+
+
+def noise_frame(frame, rate: float, seed: int = 0):
+    """A copy of ``frame`` (columns ``text``, ``label``, ...) whose ``text`` column has
+    ``add_char_noise`` at ``rate``. Passage i gets its own seed, the i-th drawn from
+    ``numpy.random.SeedSequence(seed)``, so passages are noised independently, and the same seed
+    with a higher rate corrupts a superset of every passage's positions."""
+    frame = _require_passages(frame, "noise_frame")
+    rate = _check_rate(rate, "noise_frame")
+    row_seeds = np.random.SeedSequence(seed).generate_state(len(frame))  # (N,) one stream per passage
+    texts = [add_char_noise(t, rate, int(s)) for t, s in zip(frame["text"], row_seeds, strict=True)]
+    return frame.assign(text=texts)
+
+
+def robustness_curve(classifier, tokenizer, frame, rates: Sequence[float], seed: int = 0, tokens: int | None = None,
+                     batch_size: int = 64):
+    """Accuracy and macro-F1 of ``classifier`` on ``frame`` with its texts noised at each of ``rates``.
+
+    ``frame``: a DataFrame with ``text`` and ``label`` columns (``lmkit.finetune.genre_passages``).
+    At each rate, ``noise_frame(frame, rate, seed)`` corrupts the passages (one seed for the whole
+    curve, so the noise is nested: a higher rate adds corruption, it does not redraw it), and the
+    result is encoded with ``ClassificationData.from_frame(df, tokenizer, tokens, classifier.labels)``
+    (``tokens``: default the longest clean passage in characters) and scored by
+    ``evaluate_classifier``.
+
+    Returns a DataFrame with one row per rate, in the given order: ``rate``, ``accuracy``,
+    ``macro_f1``.
+    """
+    import pandas as pd
+
+    from .finetune import ClassificationData, evaluate_classifier  # finetune imports this module
+
+    frame = _require_passages(frame, "robustness_curve")
+    classes = getattr(classifier, "labels", None)
+    if not classes:
+        raise TypeError(f"robustness_curve: classifier must name its classes in .labels (a GPTClassifier or "
+                        f"MiniLMClassifier); got {type(classifier).__name__}")
+    if isinstance(rates, (str, numbers.Number)):
+        raise TypeError(f"robustness_curve: rates must be a list of noise rates, e.g. [0, 0.05, 0.1]; got {rates!r}")
+    rates = [_check_rate(r, "robustness_curve") for r in rates]
+    if not rates:
+        raise ValueError("robustness_curve needs at least one noise rate, e.g. rates=[0, 0.05, 0.1, 0.2]")
+    tokens = tokens or int(frame["text"].str.len().max())
+    rows = []
+    for rate in rates:
+        data = ClassificationData.from_frame(noise_frame(frame, rate, seed), tokenizer, tokens, classes)
+        result = evaluate_classifier(classifier, data, batch_size=batch_size)
+        rows.append({"rate": rate, "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]})
+    return pd.DataFrame(rows, columns=["rate", "accuracy", "macro_f1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration of next-token probabilities
+# ---------------------------------------------------------------------------------------------
+
+def calibration_bins(confidence, correct, n_bins: int = 15) -> dict:
+    """Expected calibration error and the reliability table of predictions with ``confidence`` (N,)
+    in [0, 1] (the probability given to the predicted class) and ``correct`` (N,) bool.
+
+    Equal-width bins on [0, 1], each (lower, upper] (the first also holds 0), as
+    ``sklearn.calibration.calibration_curve(strategy="uniform")`` bins them. ECE = Σ_b (n_b / N) ·
+    |accuracy_b − confidence_b| (Guo et al. 2017): 0 for a perfectly calibrated model.
+
+    Returns ``ece``, ``accuracy`` (share correct), ``mean_confidence``, ``tokens`` (N) and ``bins``:
+    a DataFrame with one row per bin: ``lower``, ``upper``, ``count``, ``confidence`` (mean),
+    ``accuracy`` (NaN for an empty bin).
+    """
+    import pandas as pd
+
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct)
+    if confidence.ndim != 1 or confidence.shape != correct.shape or confidence.size == 0:
+        raise ValueError(f"calibration_bins: confidence and correct must be non-empty 1-D arrays of one length; "
+                         f"got shapes {confidence.shape} and {correct.shape}")
+    if not np.isin(correct, (0, 1)).all():
+        raise ValueError("calibration_bins: correct must hold booleans (or 0/1): was each prediction right?")
+    if not ((confidence >= 0) & (confidence <= 1)).all():
+        raise ValueError(f"calibration_bins: confidence must lie in [0, 1]; got values in "
+                         f"[{np.nanmin(confidence):.4g}, {np.nanmax(confidence):.4g}] (probabilities, not logits)")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"calibration_bins: n_bins={n_bins!r} must be a positive int (15 is the usual choice)")
+    correct = correct.astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], confidence)  # (N,) bin of each prediction: (lower, upper]
+    count = np.bincount(ids, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(ids, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(ids, weights=correct, minlength=n_bins) / count
+    used = count > 0
+    ece = float(np.sum(count[used] / confidence.size * np.abs(accuracy[used] - mean_conf[used])))
+    bins = pd.DataFrame({"lower": edges[:-1], "upper": edges[1:], "count": count, "confidence": mean_conf,
+                         "accuracy": accuracy})
+    return {"ece": ece, "accuracy": float(correct.mean()), "mean_confidence": float(confidence.mean()),
+            "tokens": int(confidence.size), "bins": bins}
+
+
+@torch.no_grad()
+def next_token_confidence(model, tokens, *, stride: int | None = None, batch_size: int = 32,
+                          max_tokens: int | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, correct)``, each (N,), for every next-token prediction over the 1-D ``tokens``
+    (the first ``max_tokens`` of them when given), with ``lm_loss``'s windows: N = len(tokens) − 1.
+    confidence = the largest softmax probability at a position; correct = its argmax is the target."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D array of ids; got shape {tokens.shape}")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 2:
+            raise ValueError(f"max_tokens={max_tokens!r} must be an int >= 2 (one prediction needs two tokens), "
+                             f"or None for all {len(tokens)}")
+        tokens = tokens[:max_tokens]
+    device = device or next(model.parameters()).device
+    confidences, hits = [], []
+    for logits, y in _scored_windows(model, tokens, stride, batch_size, device, progress=False):
+        scored = y != -100  # (B, T)
+        top = logits.softmax(dim=-1).max(dim=-1)  # values, indices: (B, T) each
+        confidences.append(top.values[scored].double().cpu())
+        hits.append((top.indices == y)[scored].cpu())
+    return torch.cat(confidences).numpy(), torch.cat(hits).numpy()
+
+
+def calibration(model, tokens, n_bins: int = 15, stride: int | None = None, batch_size: int = 32,
+                max_tokens: int | None = None) -> dict:
+    """How well the model's next-token confidence matches its accuracy over the 1-D ``tokens``.
+
+    Every token after the first is predicted once, with ``lm_loss``'s sliding windows (``stride``
+    as there); ``max_tokens`` keeps only the first N tokens, for a quick look. Confidence is the
+    largest softmax probability at a position, correct means its argmax is the next token.
+
+    Returns ``calibration_bins``'s dict: ``ece`` (expected calibration error, equal-width bins
+    weighted by count; Guo et al. 2017), ``accuracy``, ``mean_confidence``, ``tokens`` (predictions
+    scored) and ``bins`` (DataFrame: lower, upper, count, confidence, accuracy) for
+    ``lmkit.viz.reliability_diagram``.
+    """
+    confidence, correct = next_token_confidence(model, tokens, stride=stride, batch_size=batch_size,
+                                                max_tokens=max_tokens)
+    return calibration_bins(confidence, correct, n_bins)
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint on its validation split
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_tokens: int | None = None,
+                        batch_size: int = 32, device="cpu", progress: bool = False) -> dict:
+    """Loss, perplexity and bits per character of a checkpoint (or a run folder: its newest intact
+    checkpoint) over the validation split of prepared data (``lmkit.data.prepare_dataset``).
+
+    ``data_dir`` defaults to ``data/prepared/shakespeare-<tokenizer type>`` (what 01_data writes).
+    The tokenizer saved with the checkpoint must be the prepared data's, or the ids would mean other
+    characters: ValueError otherwise, naming both. ``stride`` as in ``lm_loss`` (None: the context
+    length, no overlap). ``max_tokens`` scores only the first N validation tokens (its characters
+    estimated from the split's characters per token) for a quicker look.
+
+    Returns ``checkpoint``, ``step``, ``parameters``, ``tokenizer``, ``vocab_size``, ``loss``,
+    ``perplexity``, ``bits_per_token``, ``bits_per_char``, ``tokens`` (scored) and ``data_dir``.
+    """
+    from pathlib import Path
+
+    from . import checkpoint as ckpt
+    from .data import DATA_DIR, load_prepared
+
+    found = ckpt.resolve(path)
+    model, tokenizer = ckpt.load(found, device)
+    if tokenizer is None:
+        raise ValueError(f"{found} holds no tokenizer.json, so its token ids cannot be matched to any prepared data")
+    kind = tokenizer.to_dict()["type"]
+    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR / "prepared" / f"shakespeare-{kind}"
+    if not (data_dir / "meta.json").is_file():
+        raise ValueError(f"no prepared data at {data_dir} for {found} ({kind} tokenizer); run 01_data with "
+                         f"tokenizer={kind!r} or pass data_dir=")
+    _, val, data_tokenizer, meta = load_prepared(data_dir, model.config.block_size)
+    if data_tokenizer.to_dict() != tokenizer.to_dict():
+        raise ValueError(f"{found} was trained with a different {kind} tokenizer (vocabulary {tokenizer.vocab_size}) "
+                         f"than the data in {data_dir} (vocabulary {data_tokenizer.vocab_size}); pass the data_dir "
+                         f"it was trained on")
+    tokens = val.data if max_tokens is None else val.data[: max(2, int(max_tokens))]
+    chars = round(len(tokens) * meta["val_chars"] / meta["val_tokens"])
+    result = lm_loss(model, tokens, stride=stride, batch_size=batch_size, n_chars=chars, progress=progress)
+    return {"checkpoint": str(found), "step": ckpt.read_info(found).step, "parameters": model.num_params(),
+            "tokenizer": kind, "vocab_size": tokenizer.vocab_size, **result, "data_dir": str(data_dir)}

@@ -151,6 +151,27 @@ def newest_checkpoint(root=RUNS_DIR) -> Path | None:
     return None
 
 
+def pretraining_runs(root=RUNS_DIR, names=None, limit: int | None = None) -> list[Path]:
+    """Pretraining run folders below ``root`` (sweep runs included) that hold an intact checkpoint,
+    newest first by folder name. ``names``: only these runs (folder names or paths relative to
+    ``root``), in that order; a name that is not such a run is a ValueError listing what there is.
+    ``limit``: at most this many (the newest)."""
+    from .checkpoint import latest_valid
+
+    root = Path(root)
+    found = [run for run in (_run_folders(root) if root.is_dir() else [])
+             if _read_json(run / "config.json").get("kind", "pretrain") == "pretrain" and latest_valid(run) is not None]
+    found.sort(key=lambda run: run.name, reverse=True)
+    if names:
+        by_name = {**{run.name: run for run in found}, **{run.relative_to(root).as_posix(): run for run in found}}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"runs {missing} are not pretraining runs with a checkpoint under {root}; there are "
+                             f"{[run.relative_to(root).as_posix() for run in found][:20]}")
+        found = [by_name[n] for n in names]
+    return found[:limit] if limit is not None else found
+
+
 def load_metrics(run) -> pd.DataFrame:
     """The metric rows of a run as a DataFrame (empty when it logged nothing yet)."""
     path = Path(run) / "metrics.jsonl"
@@ -249,15 +270,16 @@ def notebook_parameters(notebook) -> dict[str, dict]:
     return papermill.inspect_notebook(str(notebook))
 
 
-def check_parameters(notebook, params: dict) -> dict:
+def check_parameters(notebook, params: dict, declared: dict | None = None) -> dict:
     """``params`` converted to the types the notebook's parameters cell declares.
 
     Raises ValueError before anything runs when a name is not declared there (listing the declared
-    names) or a value does not fit the declared type.
+    names) or a value does not fit the declared type. ``declared``: the notebook's
+    ``notebook_parameters``, when the caller has already read them (reading runs papermill's parser).
     """
     from .params import convert
 
-    declared = notebook_parameters(notebook)
+    declared = notebook_parameters(notebook) if declared is None else declared
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"{Path(notebook).name}: unknown parameter(s) {unknown}; its parameters cell declares "
@@ -427,15 +449,16 @@ def sweep(notebook, grid, *, fixed: dict | None = None, parallel: int = 1, runs_
         raise ValueError(f"{both} both swept and fixed; give each parameter in the grid or in fixed, not both")
     if "run_dir" in swept or "run_dir" in fixed:
         raise ValueError("run_dir is set by the sweep (one folder per run); leave it out of grid and fixed")
-    takes_run_dir = "run_dir" in notebook_parameters(notebook)
-    plan = [check_parameters(notebook, {**fixed, **combo}) for combo in combos]
-    fixed = check_parameters(notebook, fixed)
+    declared = notebook_parameters(notebook)  # read once: every check below reuses it
+    takes_run_dir = "run_dir" in declared
+    plan = [check_parameters(notebook, {**fixed, **combo}, declared) for combo in combos]
+    fixed = check_parameters(notebook, fixed, declared)
     try:
         json.dumps(plan)
     except TypeError as e:
         raise ValueError(f"sweep parameters must be JSON values (numbers, strings, lists, ...): {e}") from None
 
-    recorded = ({k: [check_parameters(notebook, {k: v})[k] for v in values] for k, values in grid.items()}
+    recorded = ({k: [check_parameters(notebook, {k: v}, declared)[k] for v in values] for k, values in grid.items()}
                 if isinstance(grid, dict) else [{k: p[k] for k in combo} for combo, p in zip(combos, plan, strict=True)])
     folder = new_run(Path(runs_root).resolve(), name or f"sweep-{notebook.stem}",
                      {"kind": "sweep", "notebook": str(notebook), "grid": recorded, "fixed": fixed})

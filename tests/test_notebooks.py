@@ -14,7 +14,7 @@ from lmkit import checkpoint, runs
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
-def test_data_training_and_finetuning_notebooks_take_overridden_parameters(tmp_path):
+def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     prepared = tmp_path / "prepared"
     smoke = yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())
     profile = {
@@ -23,9 +23,11 @@ def test_data_training_and_finetuning_notebooks_take_overridden_parameters(tmp_p
         "02_attention": {"runs_root": str(tmp_path / "attention"), "quick_train_steps": 12},
         "03_training": {**smoke["03_training"], "runs_root": str(tmp_path / "training"), "run_name": "smoke"},
         "04_finetuning": {**smoke["04_finetuning"], "runs_root": str(tmp_path / "finetune")},
+        "05_evaluation": {**smoke["05_evaluation"], "runs_root": str(tmp_path / "finetune")},
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
-    notebooks = [runs.NOTEBOOK_DIR / f"{n}.ipynb" for n in ("01_data", "02_attention", "03_training", "04_finetuning")]
+    notebooks = [runs.NOTEBOOK_DIR / f"{n}.ipynb" for n in ("01_data", "02_attention", "03_training", "04_finetuning",
+                                                              "05_evaluation")]
     out = runs.run_pipeline(notebooks, profile=tmp_path / "p.yaml", runs_root=tmp_path / "runs")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["01_data"]["kept"] == summary["01_data"]["documents"] == 77  # keep=both removed nothing
@@ -50,11 +52,14 @@ def test_data_training_and_finetuning_notebooks_take_overridden_parameters(tmp_p
     assert {p.name for p in out.iterdir()} >= {"01_data.html", "03_training.html", "summary.json"}
 
     # 04: no pretraining run under its runs_root, so it pretrained one on the BPE data, then fine-tuned
-    pretrain, finetune = sorted((tmp_path / "finetune").iterdir())
-    assert pretrain.name.endswith("pretrain-for-finetune") and finetune.name == summary["04_finetuning"]["run"]
+    (pretrain,) = (tmp_path / "finetune").glob("*-pretrain-for-finetune")
+    finetune = tmp_path / "finetune" / summary["04_finetuning"]["run"]
     parent = checkpoint.latest_valid(pretrain)
     assert parent.name == "step_000012" and summary["04_finetuning"]["parent"].endswith("step_000012")
-    assert json.loads((finetune / "config.json").read_text())["kind"] == "finetune"
+    config = json.loads((finetune / "config.json").read_text())
+    assert config["kind"] == "finetune" and config["passage_chars"] == 64 and config["split_seed"] == 0
+    test_passages = pd.read_csv(finetune / "test_passages.csv")
+    assert set(test_passages["label"]) == {"comedy", "history", "tragedy"} and (test_passages["text"].str.len() == 64).all()
     found = runs.load_runs(finetune.parent)
     inner = found[found["run"].str.startswith(finetune.name + "/")]  # the container itself is not a run
     methods = {"full", "lora", "probe", "scratch"}
@@ -72,3 +77,13 @@ def test_data_training_and_finetuning_notebooks_take_overridden_parameters(tmp_p
     assert table.loc["lora", "trainable"] < table.loc["full", "trainable"] == table.loc["full", "total"]
     assert {"minilm_accuracy", "api_test_ast_match", "api_train_exact_match"} <= set(summary["04_finetuning"])
     assert (finetune / "api_calls.csv").is_file() and (out / "04_finetuning.html").is_file()
+
+    # 05 evaluated the one pretraining run there (on the BPE data), the classifiers under noise, the harness task
+    evaluation = summary["05_evaluation"]
+    assert evaluation["runs"] == 1 and evaluation["best_run"] == pretrain.name and evaluation["best_bits_per_char"] > 0
+    assert {f"{m}_accuracy_noise_0.2" for m in methods} <= set(evaluation)
+    assert 0 <= evaluation["harness_acc"] <= 1 and evaluation["harness_perplexity"] > 1
+    (evaluated,) = (tmp_path / "finetune").glob("*-evaluation")
+    table = pd.read_csv(evaluated / "language_modelling.csv")
+    assert table["tokens"].tolist() == [2999] and table["tokenizer"].tolist() == ["bpe"]
+    assert (evaluated / "harness.csv").is_file() and (evaluated / "harness" / "shakespeare_last_word.yaml").is_file()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lmkit import checkpoint, runs
 
 from .conftest import make_model
@@ -31,3 +33,20 @@ def test_load_runs_lists_the_method_runs_inside_a_finetune_folder(tmp_path):
     assert sorted(table["method"]) == ["full", "lora"] and (table["kind"] == "finetune-classification").all()
     assert all(r.startswith(container.name + "/") for r in table["run"]) and table["best_val_loss"].tolist() == [0.9, 0.9]
     assert runs.newest_checkpoint(tmp_path) is None  # neither the container nor its runs are pretraining runs
+
+
+def test_pretraining_runs_are_newest_first_with_a_checkpoint_and_can_be_named(tmp_path):
+    made = {}
+    for name, kind in (("a", None), ("b", "finetune-classification"), ("c", "pretrain"), ("d", None)):
+        made[name] = runs.new_run(tmp_path, name, {"kind": kind} if kind else {})
+        if name != "d":  # d has no checkpoint yet
+            checkpoint.save(made[name] / "checkpoints" / "step_000001", make_model(), step=1)
+    sweep = runs.new_run(tmp_path, "e-sweep", {"kind": "sweep"})
+    inner = runs.new_run(sweep, "inner", {})
+    checkpoint.save(inner / "checkpoints" / "step_000001", make_model(), step=1)
+    assert runs.pretraining_runs(tmp_path) == [inner, made["c"], made["a"]]  # newest (by name) first
+    assert runs.pretraining_runs(tmp_path, limit=2) == [inner, made["c"]]
+    assert runs.pretraining_runs(tmp_path, names=[made["a"].name, f"{sweep.name}/{inner.name}"]) == [made["a"], inner]
+    with pytest.raises(ValueError, match="not pretraining runs"):
+        runs.pretraining_runs(tmp_path, names=[made["b"].name])
+    assert runs.pretraining_runs(tmp_path / "missing") == []
