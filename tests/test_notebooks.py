@@ -87,3 +87,20 @@ def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     table = pd.read_csv(evaluated / "language_modelling.csv")
     assert table["tokens"].tolist() == [2999] and table["tokenizer"].tolist() == ["bpe"]
     assert (evaluated / "harness.csv").is_file() and (evaluated / "harness" / "shakespeare_last_word.yaml").is_file()
+
+
+def test_evaluation_notebook_skips_each_section_with_a_message_when_there_are_no_runs(tmp_path):
+    out = runs.run_pipeline([runs.NOTEBOOK_DIR / "05_evaluation.ipynb"], runs_root=tmp_path / "out", log=lambda _: None,
+                            profile=_profile(tmp_path, {"05_evaluation": {"runs_root": str(tmp_path / "empty")}}))
+    summary = json.loads((out / "summary.json").read_text())["05_evaluation"]
+    assert set(summary) == {"seconds", "run"}  # no numbers: nothing to evaluate
+    text = "".join(o.get("text", "") for c in nbformat.read(out / "05_evaluation.ipynb", as_version=4).cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "no pretraining run with a checkpoint" in text and "run 04_finetuning first" in text
+    assert "the harness is skipped" in text
+
+
+def _profile(tmp_path, profile: dict):
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
