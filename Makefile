@@ -3,7 +3,7 @@
 #               (PARAMS=notebooks/params/gpu.yaml picks bigger settings)
 #   make test   the whole test suite (unit, reliability, notebooks)
 #   make lab    JupyterLab in the venv
-#   make bench  the benchmark suite (not tests)
+#   make bench  the benchmark suite (not tests): ARGS="train generation" runs some; results in benchmarks/results/
 #   make sweep NB=03_training ARGS="-p n_layer 2 4 -p learning_rate 1e-3 3e-3"
 #               one notebook over a parameter grid (papermill) into runs/<time>-sweep-<notebook>/
 SHELL := /bin/bash
@@ -37,7 +37,7 @@ lab: $(STAMP)
 	$(PY) -m jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(PY) -m lmkit bench
+	$(PY) -m benchmarks $(ARGS)
 
 sweep: $(STAMP)
 	$(PY) -m lmkit sweep $(NB) $(ARGS)

@@ -1,0 +1,37 @@
+"""The benchmark suite runs (each benchmark's --quick setting) and records its rows with machine info.
+
+These check that the benchmarks work, not how fast anything is: speed is measured by `make bench`."""
+
+import pandas as pd
+import pytest
+
+import benchmarks.common as common
+from benchmarks.__main__ import NAMES, main
+
+
+@pytest.mark.slow
+@pytest.mark.network  # bench_data fetches the Shakespeare corpus (cached after the first time)
+@pytest.mark.parametrize("name", NAMES)
+def test_each_benchmark_runs_quickly_and_records_a_stamped_row(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    assert main([name, "--quick"]) == 0
+    (path,) = tmp_path.glob("*.csv")
+    table = pd.read_csv(path)
+    assert len(table) >= 1 and {"when", "cpu", "threads", "torch", "device"} <= set(table.columns)
+
+
+def test_record_appends_rows_with_machine_info_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    common.record("demo", [{"what": "a", "ms": 1.5}])
+    common.record("demo", [{"what": "b", "ms": 2.5}])
+    table = pd.read_csv(tmp_path / "demo.csv")
+    assert table["what"].tolist() == ["a", "b"] and table["ms"].tolist() == [1.5, 2.5]
+    assert (table["threads"] >= 1).all() and table["device"].eq("cpu").all()
+    assert "== demo ==" in capsys.readouterr().out
+
+
+def test_alternate_times_every_contender_in_each_round_after_a_warm_up():
+    calls = []
+    times = common.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then alternating rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
