@@ -54,7 +54,9 @@ def test_kill_9_during_saves_loses_only_unsaved_steps(tmp_path):
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     ckpt.clean_stale(run)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], leftovers
-    assert len(ckpt.list_checkpoints(run)) <= 4  # keep_last=3 (+ the one being resumed from)
+    # keep_last=3, + the one resumed from, + one more when the kill fell between a save and the retention
+    # that follows it (or inside its rmtree): the next save of a resumed run removes it
+    assert len(ckpt.list_checkpoints(run)) <= 5
 
 
 def test_clean_stale_removes_unfinished_saves_and_restores_a_half_swapped_one(tmp_path):
