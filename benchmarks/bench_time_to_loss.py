@@ -28,7 +28,7 @@ from lmkit.data import TokenDataset, load_prepared, prepare_dataset
 from lmkit.device import auto_device
 from lmkit.evaluate import lm_loss
 
-from .bench_train import CONFIGS, DEFAULT_TEXT, hf_model
+from .bench_train import CONFIGS, DEFAULT_TEXT, hf_train_step
 from .common import alternate, median, record
 
 NANOGPT_ITERS = 2000
@@ -38,19 +38,7 @@ TARGET_SHARE = 0.60
 
 def hf_step_seconds(tokens, vocab_size: int, device: torch.device, rounds: int = 5, steps: int = 10) -> float:
     """Median seconds of one HF GPT-2 training step at nanoGPT's CPU config (A) on ``tokens``, measured now."""
-    cfg = CONFIGS["A"]
-    data = TokenDataset(tokens, cfg["block_size"])
-    hf = hf_model(vocab_size, cfg).to(device).train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1)
-    generator = torch.Generator().manual_seed(0)
-
-    def step():
-        x, _ = data.batch(cfg["batch_size"], generator, device)
-        hf(input_ids=x, labels=x).loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step, _ = hf_train_step(TokenDataset(tokens, CONFIGS["A"]["block_size"]), vocab_size, "A", device)
     times = alternate({"hf": lambda: [step() for _ in range(steps)]}, rounds=rounds, device=device)
     return median(times["hf"]) / steps
 

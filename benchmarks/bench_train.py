@@ -57,6 +57,30 @@ def hf_model(vocab_size: int, cfg: dict):
     return GPT2LMHeadModel(config)
 
 
+def hf_train_step(data: TokenDataset, vocab_size: int, name: str, device: torch.device, compile: bool = False):
+    """``(step, model)``: one Hugging Face GPT-2 training step at config ``name`` on random windows of
+    ``data``, as a function — the plain loop an HF user writes (forward with labels, backward, clip,
+    AdamW; bf16 autocast on CUDA) — and the model it trains."""
+    cfg = CONFIGS[name]
+    hf = hf_model(vocab_size, cfg).to(device).train()
+    forward = torch.compile(hf) if compile else hf
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99),
+                                  fused=device.type == "cuda")
+    generator = torch.Generator().manual_seed(1)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step():
+        x, _ = data.batch(cfg["batch_size"], generator, device)
+        with amp:
+            loss = forward(input_ids=x, labels=x).loss  # HF shifts the labels itself: T - 1 targets
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, hf
+
+
 def measure(name: str, tokens: np.ndarray, vocab_size: int, device: torch.device, rounds: int, steps: int,
             compile: bool = False) -> dict:
     cfg = CONFIGS[name]
@@ -68,21 +92,7 @@ def measure(name: str, tokens: np.ndarray, vocab_size: int, device: torch.device
     trainer = Trainer(model, TrainConfig(max_steps=10**9, batch_size=B, learning_rate=1e-3, warmup_steps=0,
                                          device=str(device), compile=compile, progress=False), data)
 
-    hf = hf_model(vocab_size, cfg).to(device).train()
-    hf_forward = torch.compile(hf) if compile else hf
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99),
-                                  fused=device.type == "cuda")
-    generator = torch.Generator().manual_seed(1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def hf_step():
-        x, y = data.batch(B, generator, device)
-        with amp:
-            loss = hf_forward(input_ids=x, labels=x).loss  # HF shifts the labels itself: T - 1 targets
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    hf_step, hf = hf_train_step(data, vocab_size, name, device, compile)
 
     size = 1024
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
