@@ -9,6 +9,7 @@ rebuilds the figure (milliseconds for the default model). The figures themselves
 
 from __future__ import annotations
 
+import base64
 import time
 
 import ipywidgets as widgets
@@ -162,13 +163,31 @@ class _Static:
 
 
 def _json_safe(fig: go.Figure) -> go.Figure:
-    """NaN (a masked attention cell) → None: a FigureWidget syncs its data to the browser as strict
-    JSON, which has no NaN (plotly draws None as a blank cell, as it does NaN in static figures)."""
+    """Every map's ``z`` as a plotly.js typed-array spec (float32 bytes, base64): a FigureWidget syncs
+    its data to the browser as strict JSON, which has no NaN (a masked attention cell), and a nested
+    list of 65k numbers is what made a redraw slow (plotly validates, copies and serialises it cell
+    by cell). NaN stays NaN in the bytes and plotly.js draws it as a blank cell, as in static figures."""
     for trace in fig.data:
         z = getattr(trace, "z", None)
-        if z is None:
-            continue
-        arr = np.asarray(z, dtype=float)
-        if np.isnan(arr).any():
-            trace.z = np.where(np.isnan(arr), None, arr).tolist()
+        if z is not None and not isinstance(z, dict):
+            trace.z = typed_array(z)
     return fig
+
+
+def typed_array(values) -> dict:
+    """``{"dtype": "f4", "bdata": base64 of the float32 bytes, "shape": "rows, cols"}``: the typed-array
+    form plotly.js (>= 2.28) reads wherever it takes a data array; ``decode_typed_array`` reverses it."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=float), dtype=np.float32)
+    spec = {"dtype": "f4", "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+    if arr.ndim > 1:
+        spec["shape"] = ", ".join(str(n) for n in arr.shape)
+    return spec
+
+
+def decode_typed_array(spec: dict) -> np.ndarray:
+    """The array a ``typed_array`` spec holds (what the browser sees)."""
+    if spec.get("dtype") != "f4":
+        raise ValueError(f"decode_typed_array reads float32 specs (dtype 'f4'); got dtype={spec.get('dtype')!r}")
+    arr = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.float32)
+    shape = [int(n) for n in spec["shape"].split(",")] if "shape" in spec else [arr.size]
+    return arr.reshape(shape)

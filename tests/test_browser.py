@@ -68,6 +68,16 @@ def jupyterlab(tmp_path):
         server.kill()
 
 
+EXPLORER_MAPS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
+    .filter(out => out.querySelector('.widget-slider'))
+    .flatMap(out => [...out.querySelectorAll('.js-plotly-plot')])
+    .map(gd => (gd._fullData || [])[0])
+    .filter(trace => trace && trace.type === 'heatmap' && trace.z)
+    .map(trace => { const z = Array.from(trace.z, row => Array.from(row));
+                    return {rows: z.length, cols: z[0].length, first: z[0][0],
+                            masked: z[0].slice(1).every(v => v === null || Number.isNaN(v))}; })"""
+
+
 def test_attention_notebook_renders_heatmaps_and_sliders(jupyterlab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -89,6 +99,7 @@ def test_attention_notebook_renders_heatmaps_and_sliders(jupyterlab, tmp_path):
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             raise
         plots = page.locator(".js-plotly-plot").count()
+        explorer_maps = page.evaluate(EXPLORER_MAPS)
         page.locator(".widget-slider").first.scroll_into_view_if_needed()
         shot = tmp_path / "02_attention.png"
         page.screenshot(path=str(shot), full_page=False)
@@ -97,5 +108,10 @@ def test_attention_notebook_renders_heatmaps_and_sliders(jupyterlab, tmp_path):
         browser.close()
     assert shot.stat().st_size > 10_000
     assert plots >= 10  # every figure cell of the notebook rendered a plotly chart
+    # the explorer's FigureWidget got its map as a typed array (lmkit.widgets.typed_array) and plotly.js
+    # decoded it: the first query attends only to itself (weight 1), its future keys are blank (NaN)
+    assert explorer_maps, "no heatmap inside the explorer's output"
+    assert all(m["rows"] > 1 and m["rows"] == m["cols"] and m["masked"] and abs(m["first"] - 1) < 1e-3
+               for m in explorer_maps), explorer_maps
     assert not tracebacks, tracebacks[:2]
     print(json.dumps({"screenshot": str(shot)}))

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lmkit import CharTokenizer
-from lmkit.widgets import AttentionExplorer
+from lmkit import CharTokenizer, attention
+from lmkit.widgets import AttentionExplorer, decode_typed_array, typed_array
 
 from .conftest import make_model
 
@@ -20,13 +20,34 @@ def explorer():
 
 def test_sliders_follow_the_model_and_redraw(explorer):
     assert (explorer.layer.max, explorer.head.max) == (1, 1)
-    before = np.array(explorer.figure.data[0].z, dtype=float)
+    before = decode_typed_array(explorer.figure.data[0].z)
     explorer.head.value = 1
-    after = np.array(explorer.figure.data[0].z, dtype=float)
+    after = decode_typed_array(explorer.figure.data[0].z)
     assert before.shape == after.shape == (7, 7) and not np.allclose(before, after, equal_nan=True)
     explorer.model.value = "other"
     assert explorer.head.max == 3
     assert "updated in" in explorer.status.value and explorer.last_update_ms > 0
+
+
+def test_the_heatmap_sends_the_attention_weights_with_the_mask_blank(explorer):
+    explorer.layer.value, explorer.head.value = 1, 1
+    model, tok = explorer.models["tiny"]
+    attn, _ = attention.capture(model, "abcabca", tok)
+    expected = attention.as_array(attn)[1, 1]
+    z = decode_typed_array(explorer.figure.data[0].z)
+    future = np.triu(np.ones((7, 7), dtype=bool), k=1)
+    assert np.isnan(z[future]).all()  # plotly.js draws NaN as a blank cell
+    np.testing.assert_allclose(z[~future], expected[~future], rtol=1e-6)
+
+
+def test_typed_array_round_trips_float32_with_nan():
+    values = np.array([[0.25, np.nan, 1.0], [1e-8, 0.5, np.nan]])
+    spec = typed_array(values)
+    assert spec["dtype"] == "f4" and spec["shape"] == "2, 3" and isinstance(spec["bdata"], str)
+    np.testing.assert_array_equal(decode_typed_array(spec), values.astype(np.float32))
+    assert "shape" not in typed_array([1.0, 2.0])
+    with pytest.raises(ValueError, match="float32"):
+        decode_typed_array({"dtype": "f8", "bdata": ""})
 
 
 @pytest.mark.parametrize("view", ["head view", "model view", "rollout"])
