@@ -1,10 +1,14 @@
 """Training-step throughput: lmkit against Hugging Face ``GPT2LMHeadModel`` at equal size.
 
-Both models train on the same random windows of a text (char level), one optimizer step at a time:
-lmkit through its own ``Trainer.train_step`` (the loop the notebooks use: AdamW, clipping, autocast on
-CUDA), ``GPT2LMHeadModel`` through the plain loop a Hugging Face user writes (forward with labels,
-backward, clip, AdamW). Rounds alternate lmkit / HF / a 1024² matmul, so a change in machine load
-hits all three alike; each figure is the median over rounds.
+Three models train on the same random windows of a text (char level), one optimizer step at a time:
+lmkit at GPT-2's architecture (learned position table, so its parameters match HF's one for one),
+lmkit with its default RoPE (no position table: 98k fewer parameters at config B, q and k rotated in
+every layer), both through ``Trainer.train_step`` (the loop the notebooks use: AdamW, clipping,
+autocast on CUDA), and ``GPT2LMHeadModel`` through the plain loop a Hugging Face user writes
+(forward with labels, backward, clip, AdamW). Rounds alternate lmkit / lmkit RoPE / HF / a 1024²
+matmul, so a change in machine load hits all of them alike; each figure is the median over rounds.
+The target compares like with like (the GPT-2 architecture); the RoPE columns show what lmkit's
+default costs on top.
 
 - tokens/s = batch × context × steps / seconds;
 - MFU = tokens/s × training FLOPs per token (6N + attention, ``GPT.flops_per_token``) / peak, where
@@ -86,12 +90,16 @@ def measure(name: str, tokens: np.ndarray, vocab_size: int, device: torch.device
     cfg = CONFIGS[name]
     B, T = cfg["batch_size"], cfg["block_size"]
     data = TokenDataset(tokens, T)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                          n_embd=cfg["n_embd"], dropout=0.0))
-    trainer = Trainer(model, TrainConfig(max_steps=10**9, batch_size=B, learning_rate=1e-3, warmup_steps=0,
-                                         device=str(device), compile=compile, progress=False), data)
 
+    def lmkit_trainer(pos_encoding: str) -> tuple[GPT, Trainer]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=vocab_size, block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                              n_embd=cfg["n_embd"], dropout=0.0, pos_encoding=pos_encoding))
+        return model, Trainer(model, TrainConfig(max_steps=10**9, batch_size=B, learning_rate=1e-3, warmup_steps=0,
+                                                 device=str(device), compile=compile, progress=False), data)
+
+    model, trainer = lmkit_trainer("learned")  # GPT-2's architecture: HF's parameters, one for one
+    rope_model, rope_trainer = lmkit_trainer("rope")  # lmkit's default: no position table, q and k rotated
     hf_step, hf = hf_train_step(data, vocab_size, name, device, compile)
 
     size = 1024
@@ -99,19 +107,22 @@ def measure(name: str, tokens: np.ndarray, vocab_size: int, device: torch.device
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     times = alternate({
         "lmkit": lambda: [trainer.train_step() for _ in range(steps)],
+        "lmkit_rope": lambda: [rope_trainer.train_step() for _ in range(steps)],
         "hf": lambda: [hf_step() for _ in range(steps)],
         "matmul": lambda: [a @ b for _ in range(8)],
     }, rounds=rounds, device=device)
     peak = 2 * size**3 * 8 / median(times["matmul"])
-    flops = model.flops_per_token()
-    tok = {k: B * T * steps / median(times[k]) for k in ("lmkit", "hf")}
-    hf_params = sum(p.numel() for p in hf.parameters())
+    flops = model.flops_per_token()  # the same for both lmkit models: position tables are not counted
+    tok = {k: B * T * steps / median(times[k]) for k in ("lmkit", "lmkit_rope", "hf")}
+    mfu = {k: v * flops / peak for k, v in tok.items()}
+    ratio = tok["lmkit"] / tok["hf"]
     return {"config": name, "layers": cfg["n_layer"], "width": cfg["n_embd"], "context": T, "batch": B,
-            "lmkit_params": model.num_params(), "hf_params": hf_params,
-            "lmkit_tok_s": tok["lmkit"], "hf_tok_s": tok["hf"], "ratio": tok["lmkit"] / tok["hf"],
-            "peak_gflops": peak / 1e9, "lmkit_mfu": tok["lmkit"] * flops / peak, "hf_mfu": tok["hf"] * flops / peak,
+            "lmkit_params": sum(p.numel() for p in model.parameters()), "hf_params": sum(p.numel() for p in hf.parameters()),
+            "lmkit_tok_s": tok["lmkit"], "hf_tok_s": tok["hf"], "ratio": ratio,
+            "peak_gflops": peak / 1e9, "lmkit_mfu": mfu["lmkit"], "hf_mfu": mfu["hf"],
             "target_ratio": TARGET_RATIO, "target_mfu": TARGET_MFU[name],
-            "met": tok["lmkit"] / tok["hf"] >= TARGET_RATIO and tok["lmkit"] * flops / peak >= TARGET_MFU[name],
+            "met": ratio >= TARGET_RATIO and mfu["lmkit"] >= TARGET_MFU[name],
+            "rope_tok_s": tok["lmkit_rope"], "rope_ratio": tok["lmkit_rope"] / tok["hf"], "rope_mfu": mfu["lmkit_rope"],
             "rounds": rounds, "steps_per_round": steps, "compile": compile}
 
 

@@ -77,6 +77,13 @@ def record(name: str, rows: list[dict], device="cpu") -> pd.DataFrame:
     stamped = table.assign(**machine_info(device))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.csv"
-    stamped.to_csv(path, mode="a", header=not path.exists(), index=False)
+    if path.exists() and list(pd.read_csv(path, nrows=0).columns) != list(stamped.columns):
+        # the benchmark gained or lost a column: rewrite the file with the union, old rows kept
+        merged = pd.concat([pd.read_csv(path), stamped], ignore_index=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        merged.to_csv(tmp, index=False)
+        tmp.replace(path)
+    else:
+        stamped.to_csv(path, mode="a", header=not path.exists(), index=False)
     print(f"appended to {path}")
     return table

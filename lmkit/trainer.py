@@ -115,10 +115,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; on CUDA the fused kernel (one launch updates every parameter
-    instead of a few per tensor); elsewhere the default, which was as fast on a CPU."""
+    """AdamW over ``param_groups``, with the fused kernel on CUDA and CPU: one pass updates every
+    parameter instead of a dozen small ops per tensor (on 2 CPU threads 0.8 instead of 4 ms a step
+    for the 0.8M-parameter model, 8 % of its step). Elsewhere (MPS) PyTorch's default."""
+    fused = torch.device(device).type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                             betas=(cfg.beta1, cfg.beta2), fused=torch.device(device).type == "cuda")
+                             betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 class TrainingTerminated(RuntimeError):

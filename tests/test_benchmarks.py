@@ -35,3 +35,13 @@ def test_alternate_times_every_contender_in_each_round_after_a_warm_up():
     times = common.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then alternating rounds
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_record_keeps_old_rows_when_a_benchmark_gains_a_column(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    common.record("demo", [{"what": "a", "ms": 1.5}])
+    common.record("demo", [{"what": "b", "ms": 2.5, "ratio": 1.2}])
+    table = pd.read_csv(tmp_path / "demo.csv")
+    assert table["what"].tolist() == ["a", "b"] and table["ms"].tolist() == [1.5, 2.5]
+    assert pd.isna(table["ratio"][0]) and table["ratio"][1] == 1.2
+    assert table["device"].eq("cpu").all() and not list(tmp_path.glob(".*"))  # no temporary file left

@@ -57,7 +57,7 @@ def test_not_distributed_without_torchrun(monkeypatch):
     assert device.type == "cpu"
 
 
-def test_adamw_is_fused_on_cuda_only():
+def test_adamw_is_fused_on_cuda_and_cpu():
     from lmkit import GPT, GPTConfig, TrainConfig
     from lmkit.trainer import make_optimizer
 
@@ -65,7 +65,8 @@ def test_adamw_is_fused_on_cuda_only():
     cfg = TrainConfig(learning_rate=2e-3, weight_decay=0.05)
     cuda = make_optimizer(model, cfg, torch.device("cuda"))  # built on CPU tensors; only the choice is checked
     assert cuda.defaults["fused"] is True
-    assert not make_optimizer(model, cfg, torch.device("cpu")).defaults["fused"]
+    assert make_optimizer(model, cfg, torch.device("cpu")).defaults["fused"] is True
+    assert not make_optimizer(model, cfg, torch.device("mps")).defaults["fused"]  # PyTorch's default there
     assert [g["weight_decay"] for g in cuda.param_groups] == [0.05, 0.0] and cuda.defaults["lr"] == 2e-3
 
 
