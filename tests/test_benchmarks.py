@@ -45,3 +45,15 @@ def test_record_keeps_old_rows_when_a_benchmark_gains_a_column(tmp_path, monkeyp
     assert table["what"].tolist() == ["a", "b"] and table["ms"].tolist() == [1.5, 2.5]
     assert pd.isna(table["ratio"][0]) and table["ratio"][1] == 1.2
     assert table["device"].eq("cpu").all() and not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_mfu_is_read_against_the_published_peak_on_a_known_gpu(monkeypatch):
+    import torch
+
+    from benchmarks.bench_train import reference_peak
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    assert reference_peak(torch.device("cuda"), 2.5e14) == (312e12, "published")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Future GPU")
+    assert reference_peak(torch.device("cuda"), 2.5e14) == (2.5e14, "measured matmul")
+    assert reference_peak(torch.device("cpu"), 1.7e11) == (1.7e11, "measured matmul")
