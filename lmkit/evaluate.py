@@ -21,6 +21,7 @@ import logging
 import math
 import numbers
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -497,8 +498,6 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     Returns ``checkpoint``, ``step``, ``parameters``, ``tokenizer``, ``vocab_size``, ``loss``,
     ``perplexity``, ``bits_per_token``, ``bits_per_char``, ``tokens`` (scored) and ``data_dir``.
     """
-    from pathlib import Path
-
     from . import checkpoint as ckpt
     from .data import DATA_DIR, load_prepared
 
@@ -521,3 +520,40 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     result = lm_loss(model, tokens, stride=stride, batch_size=batch_size, n_chars=chars, progress=progress)
     return {"checkpoint": str(found), "step": ckpt.read_info(found).step, "parameters": model.num_params(),
             "tokenizer": kind, "vocab_size": tokenizer.vocab_size, **result, "data_dir": str(data_dir)}
+
+
+RUN_SETTINGS = ("model.n_layer", "model.n_embd", "model.block_size", "model.pos_encoding", "train.learning_rate")
+
+
+def evaluate_runs(runs, data_dir=None, *, root=None, stride: int | None = None, max_tokens: int | None = None,
+                  device="cpu", progress: bool = False):
+    """``evaluate_checkpoint`` for each run folder (e.g. ``lmkit.runs.pretraining_runs(root)``), on one table.
+
+    Returns ``(table, skipped)``: one row per scored run — ``run`` (its path under ``root``, else its
+    folder name), the ``evaluate_checkpoint`` columns, and the settings in ``RUN_SETTINGS`` from its
+    ``config.json`` (``n_layer``, ``n_embd``, ``block_size``, ``pos_encoding``, ``learning_rate``) —
+    sorted by bits per character, best first; and ``{run: reason}`` for runs that cannot be scored on
+    ``data_dir`` (no prepared data for their tokenizer, or a different vocabulary).
+    """
+    import pandas as pd
+
+    from .runs import read_config
+
+    rows, skipped = [], {}
+    for run in map(Path, runs):
+        name = run.relative_to(root).as_posix() if root is not None else run.name
+        try:
+            scores = evaluate_checkpoint(run, data_dir, stride=stride, max_tokens=max_tokens, device=device,
+                                         progress=progress)
+        except ValueError as e:
+            skipped[name] = str(e)
+            continue
+        config, settings = read_config(run), {}
+        for key in RUN_SETTINGS:
+            section, field = key.split(".")
+            values = config.get(section)
+            settings[field] = values.get(field) if isinstance(values, dict) else None
+        rows.append({"run": name, **scores, **settings})
+    if not rows:
+        return pd.DataFrame(columns=["run", "bits_per_char"]), skipped
+    return pd.DataFrame(rows).sort_values("bits_per_char", kind="stable").reset_index(drop=True), skipped

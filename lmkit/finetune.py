@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -667,6 +668,25 @@ def fine_tune(method: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df
                       metrics=trainer.history, parent=parent)
     return {"method": method, "model": model, **trained, "tokens": tokens, "checkpoint": final,
             "val": evaluate_classifier(model, data["val"]), "test": evaluate_classifier(model, data["test"])}
+
+
+def fine_tuned_classifiers(container, device="cpu") -> Iterator[tuple[str, GPTClassifier, object]]:
+    """``(method, classifier, tokenizer)`` for each classifier in a fine-tuning folder (what 04_finetuning
+    writes: ``runs/<time>-finetune/<time>-<method>/``), in folder order. ``method`` is the sub-run's
+    ``config.json`` "method" (else its folder name). Sub-runs with no intact checkpoint and the
+    instruction-tuned language model are passed over."""
+    from . import checkpoint as ckpt
+    from .runs import read_config
+
+    for sub in sorted(p for p in Path(container).iterdir() if p.is_dir()):
+        try:
+            info = ckpt.read_info(sub)  # its newest intact checkpoint
+        except ckpt.CheckpointError:
+            continue  # nothing saved, or nothing intact
+        if info.task != "classification":
+            continue  # the instruction-tuned language model
+        classifier, tokenizer, _ = ckpt.load_classifier(info.path, device)
+        yield read_config(sub).get("method", sub.name), classifier, tokenizer
 
 
 def results_table(results: Sequence[dict], split: str = "test") -> pd.DataFrame:

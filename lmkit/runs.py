@@ -208,6 +208,21 @@ def _read_json(path: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
+def read_config(run) -> dict:
+    """A run folder's ``config.json`` as a dict; ``{}`` when it is missing or unreadable."""
+    return _read_json(Path(run) / "config.json")
+
+
+def latest_run(root=RUNS_DIR, kind: str = "pretrain", with_file: str | None = None) -> Path | None:
+    """The newest folder directly under ``root`` whose ``config.json`` names ``kind`` (e.g. ``"finetune"``,
+    ``"evaluation"``) and, when ``with_file`` is given, that holds that file (a finished run: 04's
+    ``classification.csv``); None when there is none."""
+    root = Path(root)
+    found = [p for p in (root.iterdir() if root.is_dir() else []) if p.is_dir() and read_config(p).get("kind") == kind
+             and (with_file is None or (p / with_file).is_file())]
+    return max(found, key=lambda p: p.name, default=None)
+
+
 def _run_folders(folder: Path):
     """Run folders below ``folder``, sorted: a folder with a config.json is a run (its checkpoints are
     not searched) unless its ``kind`` marks a container (sweep, pipeline, finetune), whose children are."""

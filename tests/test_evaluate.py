@@ -298,3 +298,38 @@ def test_evaluate_checkpoint_scores_the_whole_validation_split_and_refuses_a_for
         evaluate_checkpoint(tmp_path / "other", tmp_path / "data")
     with pytest.raises(ValueError, match="no prepared data"):
         evaluate_checkpoint(tmp_path / "run", tmp_path / "nowhere")
+
+
+def test_evaluate_runs_puts_every_run_on_one_table_and_names_the_ones_it_skips(tmp_path):
+    from lmkit import GPT, CharTokenizer, GPTConfig, runs
+    from lmkit import checkpoint as ckpt
+    from lmkit.data import load_prepared, prepare_dataset
+    from lmkit.evaluate import evaluate_checkpoint, evaluate_runs
+
+    rng = np.random.default_rng(0)
+    prepare_dataset(["".join(rng.choice(list("abcdefgh "), 300)) for _ in range(10)], tmp_path / "data",
+                    val_fraction=0.2)
+    _, _, tok, _ = load_prepared(tmp_path / "data", 8)
+    root = tmp_path / "runs"
+    made = []
+    for name, width, tokenizer in (("narrow", 8, tok), ("wide", 16, tok), ("foreign", 8, CharTokenizer("xyz"))):
+        run = runs.new_run(root, name, {"kind": "pretrain", "model": {"n_layer": 1, "n_embd": width, "block_size": 8,
+                                                                       "pos_encoding": "rope"},
+                                        "train": {"learning_rate": 1e-3}})
+        torch.manual_seed(len(made))
+        ckpt.save(run / "checkpoints" / "step_000003", GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8,
+                                                                      n_layer=1, n_head=2, n_embd=width)), tokenizer)
+        made.append(run)
+    bpc = {run: evaluate_checkpoint(run, tmp_path / "data", max_tokens=60)["bits_per_char"] for run in made[:2]}
+    worst_first = sorted(made[:2], key=bpc.get, reverse=True) + made[2:]
+    table, skipped = evaluate_runs(worst_first, tmp_path / "data", root=root, max_tokens=60)
+    foreign = made[2].relative_to(root).as_posix()
+    assert list(skipped) == [foreign] and "different char tokenizer" in skipped[foreign]
+    assert table["run"].tolist() == [r.relative_to(root).as_posix() for r in worst_first[1::-1]]  # best first
+    for _, row in table.iterrows():
+        run = root / row["run"]
+        assert row["bits_per_char"] == pytest.approx(bpc[run])
+        assert (row["n_embd"], row["block_size"], row["pos_encoding"], row["learning_rate"]) == (
+            runs.read_config(run)["model"]["n_embd"], 8, "rope", 1e-3)
+    empty, none_skipped = evaluate_runs([], tmp_path / "data")
+    assert empty.empty and none_skipped == {}

@@ -431,3 +431,21 @@ def test_fine_tune_refuses_what_it_cannot_do():
         fine_tune("full", train, val, test, make_config())
     with pytest.raises(ValueError, match="GPT classifiers only"):
         fine_tune("minilm", train, val, test, make_config(), run_dir="somewhere")
+
+
+def test_fine_tuned_classifiers_yields_each_method_of_a_finetune_folder_once(tmp_path):
+    from lmkit import runs
+    from lmkit.finetune import fine_tuned_classifiers
+
+    container = runs.new_run(tmp_path, "finetune", {"kind": "finetune"})
+    model = make_classifier("full", tiny_backbone(), 2, labels=["low", "high"])
+    sub = runs.new_run(container, "full", {"kind": "finetune-classification", "method": "full"})
+    train_classifier(model, separable_data(10, 0), None, make_config(max_steps=2, eval_interval=2), tokenizer=TOK,
+                     run_dir=sub)
+    lm = runs.new_run(container, "instruct", {"kind": "finetune-instruct"})  # a language model: passed over
+    ckpt.save(lm / "checkpoints" / "step_000001", GPT(model.config), TOK)
+    runs.new_run(container, "unfinished", {"kind": "finetune-classification", "method": "probe"})  # nothing saved
+    found = list(fine_tuned_classifiers(container))
+    assert [(method, tok.chars) for method, _, tok in found] == [("full", TOK.chars)]
+    x = separable_data(3, 1).ids
+    assert torch.equal(found[0][1](x).logits, model.eval()(x).logits) and found[0][1].labels == ["low", "high"]

@@ -50,3 +50,14 @@ def test_pretraining_runs_are_newest_first_with_a_checkpoint_and_can_be_named(tm
     with pytest.raises(ValueError, match="not pretraining runs"):
         runs.pretraining_runs(tmp_path, names=[made["b"].name])
     assert runs.pretraining_runs(tmp_path / "missing") == []
+
+
+def test_latest_run_is_the_newest_of_its_kind_holding_the_file(tmp_path):
+    older = runs.new_run(tmp_path, "a-finetune", {"kind": "finetune"})
+    (older / "classification.csv").write_text("method\n")
+    newer = runs.new_run(tmp_path, "b-finetune", {"kind": "finetune"})  # unfinished: no table yet
+    runs.new_run(tmp_path, "c-evaluation", {"kind": "evaluation"})
+    assert runs.latest_run(tmp_path, "finetune", with_file="classification.csv") == older
+    assert runs.latest_run(tmp_path, "finetune") == newer
+    assert runs.latest_run(tmp_path, "sweep") is None and runs.latest_run(tmp_path / "nowhere", "finetune") is None
+    assert runs.read_config(older) == {"kind": "finetune"} and runs.read_config(tmp_path / "nowhere") == {}
