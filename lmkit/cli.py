@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import checkpoint, data, runs
 from .device import init_distributed
-from .evaluate import lm_loss, sample_texts
+from .evaluate import evaluate_checkpoint, lm_loss, sample_texts
 from .model import GPT, GPTConfig
 from .params import convert
 from .trainer import TrainConfig, Trainer, TrainingTerminated
@@ -181,10 +181,10 @@ def cmd_sample(args) -> list[str]:
 
 
 def cmd_eval(args) -> dict:
-    model, _ = checkpoint.load(args.checkpoint)
-    _, val_ds, _, meta = data.load_prepared(_ensure_data(args.data), model.config.block_size)
-    result = lm_loss(model, val_ds.data, stride=args.stride, batch_size=args.batch_size,
-                     n_chars=meta.get("val_chars"), progress=True)
+    """``evaluate_checkpoint``: without ``--data``, the prepared Shakespeare of the checkpoint's tokenizer
+    type; data prepared with another vocabulary is refused, naming both."""
+    result = evaluate_checkpoint(args.checkpoint, _ensure_data(args.data) if args.data else None,
+                                 stride=args.stride, batch_size=args.batch_size, progress=True)
     print(json.dumps(result, indent=1))
     return result
 

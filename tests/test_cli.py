@@ -101,7 +101,12 @@ def test_train_sample_eval_end_to_end(prepared, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run), "--data", str(prepared)]) == 0
     result = json.loads(capsys.readouterr().out)
     final = json.loads((run / "final_metrics.json").read_text())
-    assert result["loss"] == pytest.approx(final["loss"])
+    assert result["loss"] == pytest.approx(final["loss"]) and result["step"] == 6
+    from lmkit.data import prepare_dataset
+
+    prepare_dataset(["zyx wvu " * 40] * 4, tmp_path / "other", val_fraction=0.25)  # another vocabulary
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tmp_path / "other")]) == 2
+    assert "different char tokenizer" in capsys.readouterr().err  # ids would mean other characters
 
 
 def test_resume_continues_the_same_run(prepared, tmp_path, capsys):
