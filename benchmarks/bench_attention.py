@@ -23,7 +23,6 @@ Targets: capture < 50 ms; one explorer update < 200 ms.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -34,12 +33,11 @@ from lmkit.model import GPT, GPTConfig
 from lmkit.tokenizer import CharTokenizer
 from lmkit.widgets import VIEWS, AttentionExplorer
 
-from .common import alternate, median, record
+from .common import TINY_SHAKESPEARE, alternate, median, record
 
 NAME = "attention"
 TARGET_CAPTURE_MS = 50.0
 TARGET_UPDATE_MS = 200.0
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 FALLBACK_LINES = (  # used when the tinyshakespeare file is not there; repeated up to the wanted length
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     "All:\nSpeak, speak.\n\n"
@@ -61,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sample_text(n_chars: int) -> str:
     """The first ``n_chars`` characters of tinyshakespeare, or of the repeated fallback passage."""
-    text = SHAKESPEARE.read_text(encoding="utf-8")[:n_chars] if SHAKESPEARE.is_file() else ""
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[:n_chars] if TINY_SHAKESPEARE.is_file() else ""
     if len(text) < n_chars:
         text = (FALLBACK_LINES * (n_chars // len(FALLBACK_LINES) + 1))[:n_chars]
     return text

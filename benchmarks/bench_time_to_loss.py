@@ -29,8 +29,8 @@ from lmkit.data import TokenDataset, load_prepared, prepare_dataset
 from lmkit.device import auto_device
 from lmkit.evaluate import lm_loss
 
-from .bench_train import CONFIGS, DEFAULT_TEXT, hf_train_step
-from .common import alternate, median, record
+from .bench_train import CONFIGS, hf_train_step
+from .common import TINY_SHAKESPEARE, alternate, median, record
 
 NANOGPT_ITERS = 2000
 HF_VS_NANOGPT = 0.9  # HF GPT2LMHeadModel's tokens/s as a share of nanoGPT's (0.87–0.93 measured, issue 8)
@@ -45,7 +45,7 @@ def hf_step_seconds(tokens, vocab_size: int, device: torch.device, rounds: int =
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="any UTF-8 text file (default: tiny-shakespeare)")
+    parser.add_argument("--text", type=Path, default=TINY_SHAKESPEARE, help="any UTF-8 text file (default: tiny-shakespeare)")
     parser.add_argument("--target", type=float, default=1.88, help="validation loss to reach (nats per character)")
     parser.add_argument("--max-steps", type=int, default=800, help="the recipe's schedule length (its cosine ends here)")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between whole-split evaluations")

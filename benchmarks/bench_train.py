@@ -33,7 +33,7 @@ from lmkit import GPT, GPTConfig, TrainConfig, Trainer
 from lmkit.data import TokenDataset
 from lmkit.device import auto_device, peak_flops
 
-from .common import alternate, median, record
+from .common import TINY_SHAKESPEARE, alternate, median, record
 
 CONFIGS = {
     "A": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),
@@ -41,7 +41,6 @@ CONFIGS = {
 }
 TARGET_RATIO = 1.15
 TARGET_MFU = {"A": 0.50, "B": 0.80}
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def char_tokens(path: Path | None, n: int = 1_000_000) -> tuple[np.ndarray, int]:
@@ -138,7 +137,7 @@ def measure(name: str, tokens: np.ndarray, vocab_size: int, device: torch.device
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
-    parser.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="text file whose characters are the data")
+    parser.add_argument("--text", type=Path, default=TINY_SHAKESPEARE, help="text file whose characters are the data")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; the median is reported")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")

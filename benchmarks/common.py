@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# nanoGPT's shakespeare_char text (1,115,394 bytes), kept beside the repository in ../shared
+TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def cpu_model() -> str:

@@ -501,7 +501,8 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     from . import checkpoint as ckpt
     from .data import DATA_DIR, load_prepared
 
-    found = ckpt.resolve(path)
+    info = ckpt.read_info(path)  # the checkpoint, or a run's newest intact one: verified
+    found = info.path
     model, tokenizer = ckpt.load(found, device)
     if tokenizer is None:
         raise ValueError(f"{found} holds no tokenizer.json, so its token ids cannot be matched to any prepared data")
@@ -518,7 +519,7 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     tokens = val.data if max_tokens is None else val.data[: max(2, int(max_tokens))]
     chars = round(len(tokens) * meta["val_chars"] / meta["val_tokens"])
     result = lm_loss(model, tokens, stride=stride, batch_size=batch_size, n_chars=chars, progress=progress)
-    return {"checkpoint": str(found), "step": ckpt.read_info(found).step, "parameters": model.num_params(),
+    return {"checkpoint": str(found), "step": info.step, "parameters": model.num_params(),
             "tokenizer": kind, "vocab_size": tokenizer.vocab_size, **result, "data_dir": str(data_dir)}
 
 
