@@ -215,7 +215,8 @@ class Trainer:
         """
         cfg = self.config
         self._emit("on_train_start")
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+        # a refresh a second: each one is a message to the notebook's front end (tqdm's default is ten)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", mininterval=1.0,
                    disable=not (cfg.progress and self.dist.is_main))
         stop: dict = {}
         previous = _install_stop_handlers(stop)

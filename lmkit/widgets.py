@@ -104,16 +104,23 @@ class AttentionExplorer:
 
 class LiveLossPlot(Callback):
     """Loss curves that grow while ``Trainer.train()`` runs: a ``FigureWidget`` redrawn every
-    ``every`` steps and at each evaluation. At the end the widget is replaced by the same figure as
-    a static plot, so the saved notebook (and a papermill run, which has no live front end) keeps it.
-    Outside IPython it does nothing."""
+    ``every`` steps, but not more often than every ``min_seconds``, and at each evaluation. At the
+    end the widget is replaced by the same figure as a static plot, so the saved notebook (and a
+    papermill run, which has no live front end) keeps it. Outside IPython it does nothing.
 
-    def __init__(self, every: int = 10, smooth: int = 20, title: str = "Loss during training"):
+    Each redraw sends the whole curves to the front end; the time limit keeps a fast run from
+    flooding the kernel's output channel (a front end that falls behind drops messages)."""
+
+    def __init__(self, every: int = 10, smooth: int = 20, title: str = "Loss during training",
+                 min_seconds: float = 1.0):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"LiveLossPlot(every={every!r}) must be a positive integer")
-        self.every, self.smooth, self.title = every, smooth, title
+        if not min_seconds >= 0:
+            raise ValueError(f"LiveLossPlot(min_seconds={min_seconds!r}) must be 0 or more seconds")
+        self.every, self.smooth, self.title, self.min_seconds = every, smooth, title, min_seconds
         self.figure: go.FigureWidget | None = None
         self._handle = None
+        self._drawn_at = -float("inf")
 
     def on_train_start(self, trainer) -> None:
         from IPython import get_ipython
@@ -127,7 +134,7 @@ class LiveLossPlot(Callback):
         self._redraw(trainer)
 
     def on_step(self, trainer, metrics: dict) -> None:
-        if trainer.step % self.every == 0:
+        if trainer.step % self.every == 0 and time.monotonic() - self._drawn_at >= self.min_seconds:
             self._redraw(trainer)
 
     def on_eval(self, trainer, metrics: dict) -> None:
@@ -142,9 +149,14 @@ class LiveLossPlot(Callback):
             return
         fig = viz.loss_curves(trainer.metrics, self.title, smooth=self.smooth)
         with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
+            if [t.name for t in self.figure.data] == [t.name for t in fig.data]:
+                for live, new in zip(self.figure.data, fig.data, strict=True):  # new points only: one restyle message
+                    live.x, live.y = new.x, new.y
+            else:  # the first draw, or the validation curve appears
+                self.figure.data = ()
+                self.figure.add_traces(fig.data)
+                self.figure.layout = fig.layout
+        self._drawn_at = time.monotonic()
 
 
 class _Static:

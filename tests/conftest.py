@@ -14,6 +14,10 @@ TINY_TRAIN = dict(max_steps=12, batch_size=4, warmup_steps=2, eval_interval=4, e
 
 @pytest.fixture
 def token_data():
+    return make_token_data()
+
+
+def make_token_data():
     """A learnable stream: a repeating pattern with a little noise, split 90/10."""
     rng = np.random.default_rng(0)
     stream = np.tile(np.arange(11, dtype=np.uint16), 400)

@@ -3,6 +3,7 @@ diagnostics figure and the live loss plot."""
 
 import json
 import math
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -122,7 +123,7 @@ def test_live_loss_plot_grows_and_ends_as_a_static_figure(token_data, monkeypatc
 
     monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")  # as lmkit.notebook.setup sets it
     train, val = token_data
-    live = LiveLossPlot(every=2)
+    live = LiveLossPlot(every=2, min_seconds=0)
     trainer = Trainer(make_model(), make_config(max_steps=8), train, val, callbacks=[live])
     live.on_train_start(trainer)  # outside IPython: nothing to display, nothing drawn
     assert live.figure is None
@@ -141,3 +142,55 @@ def test_live_loss_plot_grows_and_ends_as_a_static_figure(token_data, monkeypatc
     assert "application/vnd.plotly.v1+json" in bundle
     with pytest.raises(ValueError, match="every=0"):
         LiveLossPlot(every=0)
+    with pytest.raises(ValueError, match="min_seconds=-1"):
+        LiveLossPlot(min_seconds=-1)
+
+
+LIVE_TRAINING = """
+import time
+from lmkit import Callback, Trainer
+from lmkit.widgets import LiveLossPlot
+from tests.conftest import make_config, make_model, make_token_data
+
+class Slow(Callback):  # about 100 steps a second, like the default model on a fast machine
+    def on_step(self, trainer, metrics):
+        time.sleep(0.01)
+
+train, val = make_token_data()
+start = time.monotonic()
+Trainer(make_model(), make_config(max_steps=400, eval_interval=100, progress=True), train, val,
+        callbacks=[LiveLossPlot(every=1), Slow()]).train()
+print("seconds", time.monotonic() - start)
+"""
+
+
+def test_live_training_display_sends_a_few_messages_a_second_not_one_per_step():
+    """In a real kernel the progress bar and the live plot send widget messages while training runs.
+    At one or more per step a long run floods the kernel's output channel, and a client that reads
+    it only after the cell (nbval, papermill) finds messages dropped: this capped both."""
+    from queue import Empty
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(Path(__file__).parents[1]))
+    try:
+        msg_id = kc.execute(LIVE_TRAINING)
+        reply = kc.get_shell_msg(timeout=120)
+        messages = []
+        while True:
+            try:
+                msg = kc.get_iopub_msg(timeout=10)
+            except Empty:
+                break
+            if msg["parent_header"].get("msg_id") == msg_id:
+                messages.append(msg)
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+    finally:
+        km.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    printed = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    seconds = float(printed.split("seconds")[-1])
+    comm = sum(m["msg_type"] == "comm_msg" for m in messages)
+    assert seconds > 3  # long enough for the rate to show
+    assert comm <= 8 * seconds + 40, f"{comm} widget messages in {seconds:.1f} s of training"
