@@ -30,7 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 
-RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # default root: <repository>/runs
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# default root: <repository>/runs; LMKIT_RUNS_DIR moves it (make test points it at a temporary folder)
+RUNS_DIR = Path(os.environ.get("LMKIT_RUNS_DIR", REPO_ROOT / "runs"))
+
 
 def new_run(root="runs", name: str | None = None, config: dict | None = None) -> Path:
     """Create a fresh run folder ``root/<YYYYmmdd-HHMMSS>[-name]`` and write ``config.json``.
@@ -266,7 +269,7 @@ def _val_losses(metrics: pd.DataFrame) -> dict:
 
 # ------------------------------------------------------------------------------- notebook pipeline
 
-NOTEBOOK_DIR = RUNS_DIR.parent / "notebooks"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 class PipelineError(RuntimeError):

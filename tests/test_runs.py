@@ -1,6 +1,10 @@
 """Run folders: finding the newest pretrained checkpoint among runs of several kinds."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +65,13 @@ def test_latest_run_is_the_newest_of_its_kind_holding_the_file(tmp_path):
     assert runs.latest_run(tmp_path, "finetune") == newer
     assert runs.latest_run(tmp_path, "sweep") is None and runs.latest_run(tmp_path / "nowhere", "finetune") is None
     assert runs.read_config(older) == {"kind": "finetune"} and runs.read_config(tmp_path / "nowhere") == {}
+
+
+def test_the_runs_root_follows_lmkit_runs_dir(tmp_path):
+    """make test sends the notebooks' runs elsewhere through LMKIT_RUNS_DIR; unset, runs/ is used."""
+    show = [sys.executable, "-c", "from lmkit.runs import RUNS_DIR; print(RUNS_DIR)"]
+    env = {k: v for k, v in os.environ.items() if k != "LMKIT_RUNS_DIR"}
+    moved = subprocess.run(show, env={**env, "LMKIT_RUNS_DIR": str(tmp_path)}, capture_output=True, text=True, check=True)
+    default = subprocess.run(show, env=env, capture_output=True, text=True, check=True)
+    assert Path(moved.stdout.strip()) == tmp_path
+    assert Path(default.stdout.strip()) == Path(runs.__file__).resolve().parents[1] / "runs"

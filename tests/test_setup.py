@@ -48,6 +48,13 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^\s*make test\b", (ROOT / ".ci" / "run").read_text(), re.M)
 
 
+def test_make_test_keeps_the_notebooks_runs_out_of_runs():
+    """nbval runs the notebooks with their defaults; their runs must not land among the user's."""
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert re.search(r"LMKIT_RUNS_DIR=\S+ \$\(PY\) -m pytest", recipe), recipe
+    assert 'rm -rf "$$runs"' in recipe
+
+
 def test_every_parameters_line_is_read_by_papermill():
     """papermill silently skips a parameter line it cannot parse (e.g. '=' in the comment): such a
     parameter could not be set from the command line, the pipeline or a sweep."""
