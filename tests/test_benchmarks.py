@@ -57,3 +57,23 @@ def test_mfu_is_read_against_the_published_peak_on_a_known_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Future GPU")
     assert reference_peak(torch.device("cuda"), 2.5e14) == (2.5e14, "measured matmul")
     assert reference_peak(torch.device("cpu"), 1.7e11) == (1.7e11, "measured matmul")
+
+
+def test_data_benchmark_reads_its_settings_from_01_datas_parameters_cell(tmp_path):
+    import nbformat
+
+    from benchmarks.bench_data import NOTEBOOK_SETTINGS, notebook_settings
+    from lmkit.runs import NOTEBOOK_DIR
+
+    settings = notebook_settings()
+    assert set(settings) == set(NOTEBOOK_SETTINGS) and settings["keep"] == "modern" and settings["lowercase"] is False
+    nb = nbformat.read(NOTEBOOK_DIR / "01_data.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace("min_chars: int = 1000", "min_chars: int = 500")
+    assert "min_chars: int = 500" in cell.source
+    nbformat.write(nb, tmp_path / "changed.ipynb")
+    assert notebook_settings(tmp_path / "changed.ipynb")["min_chars"] == 500  # read, not written twice
+    cell.source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("num_perm"))
+    nbformat.write(nb, tmp_path / "without.ipynb")
+    with pytest.raises(ValueError, match=r"without.ipynb.*\['num_perm'\].*NOTEBOOK_SETTINGS"):
+        notebook_settings(tmp_path / "without.ipynb")
