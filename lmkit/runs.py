@@ -146,7 +146,7 @@ def newest_checkpoint(root=RUNS_DIR) -> Path | None:
     from .checkpoint import latest_valid
 
     for run in sorted((p for p in Path(root).glob("*") if (p / "checkpoints").is_dir()), reverse=True):
-        if _read_json(run / "config.json").get("kind", "pretrain") != "pretrain":
+        if read_config(run).get("kind", "pretrain") != "pretrain":
             continue
         found = latest_valid(run)
         if found is not None:
@@ -163,7 +163,7 @@ def pretraining_runs(root=RUNS_DIR, names=None, limit: int | None = None) -> lis
 
     root = Path(root)
     found = [run for run in (_run_folders(root) if root.is_dir() else [])
-             if _read_json(run / "config.json").get("kind", "pretrain") == "pretrain" and latest_valid(run) is not None]
+             if read_config(run).get("kind", "pretrain") == "pretrain" and latest_valid(run) is not None]
     found.sort(key=lambda run: run.name, reverse=True)
     if names:
         by_name = {**{run.name: run for run in found}, **{run.relative_to(root).as_posix(): run for run in found}}
@@ -231,7 +231,7 @@ def _run_folders(folder: Path):
     not searched) unless its ``kind`` marks a container (sweep, pipeline, finetune), whose children are."""
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
                         and not p.name.startswith(".")):
-        if (child / "config.json").is_file() and _read_json(child / "config.json").get("kind") not in CONTAINER_KINDS:
+        if (child / "config.json").is_file() and read_config(child).get("kind") not in CONTAINER_KINDS:
             yield child
         else:
             yield from _run_folders(child)
@@ -245,7 +245,7 @@ def load_runs(root="runs") -> pd.DataFrame:
     rows = []
     root = Path(root)
     for run in _run_folders(root) if root.is_dir() else []:
-        row = {"run": run.relative_to(root).as_posix(), "path": str(run), **_flatten(_read_json(run / "config.json"))}
+        row = {"run": run.relative_to(root).as_posix(), "path": str(run), **_flatten(read_config(run))}
         if (run / STATUS_FILE).is_file():
             status = _read_json(run / STATUS_FILE)
             row["status"], row["error"] = status.get("status"), status.get("error")
