@@ -82,7 +82,7 @@ def _scored_windows(model, tokens: np.ndarray, stride: int | None, batch_size: i
     was_training = model.training
     model.eval()
     try:
-        for i in tqdm(range(0, len(windows), batch_size), desc="evaluating", disable=not progress):
+        for i in tqdm(range(0, len(windows), batch_size), desc="evaluating", mininterval=1.0, disable=not progress):
             chunk = windows[i:i + batch_size]
             block = torch.from_numpy(np.stack([tokens[s:s + T + 1] for s, _ in chunk]).astype(np.int64))
             x, y = block[:, :-1].contiguous().to(device), block[:, 1:].contiguous().to(device)  # (B, T) each

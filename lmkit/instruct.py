@@ -240,7 +240,7 @@ def generate_calls(model: GPT, tokenizer, instructions: Sequence[str], *, max_ne
     was_training = model.training
     model.eval()
     results: list[str] = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc="generating", unit="call", disable=not progress) as bar:
+    with tqdm(total=len(prompts), desc="generating", unit="call", mininterval=1.0, disable=not progress) as bar:
         for group in groups:
             idx = torch.tensor([prompts[i] for i in group], dtype=torch.long, device=device)  # (B, T)
             new = idx[:, :0]  # (B, tokens generated so far)
