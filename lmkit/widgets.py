@@ -150,7 +150,7 @@ class LiveLossPlot(Callback):
         fig = viz.loss_curves(trainer.metrics, self.title, smooth=self.smooth)
         with self.figure.batch_update():
             if [t.name for t in self.figure.data] == [t.name for t in fig.data]:
-                for live, new in zip(self.figure.data, fig.data, strict=True):  # new points only: one restyle message
+                for live, new in zip(self.figure.data, fig.data, strict=True):  # the points only: one update message
                     live.x, live.y = new.x, new.y
             else:  # the first draw, or the validation curve appears
                 self.figure.data = ()
