@@ -498,11 +498,12 @@ def snapshots_from_checkpoints(run_dir, text: str, *, max_tokens: int = 64) -> t
     snapshots, tokens = [], []
     for path in ckpt.list_checkpoints(run_dir):
         try:
-            model, tokenizer = ckpt.load(path)
+            info = ckpt.read_info(path)
+            model, tokenizer = ckpt.load(info)
         except ckpt.CheckpointError:
             continue
         attentions, tokens = capture(model, text, tokenizer, max_tokens=max_tokens)
-        snapshots.append((ckpt.read_info(path).step, as_array(attentions)))
+        snapshots.append((info.step, as_array(attentions)))
     if not snapshots:
         raise ValueError(f"{run_dir}: no intact checkpoints to take attention snapshots from")
     return snapshots, tokens

@@ -237,11 +237,12 @@ def read_info(path) -> CheckpointInfo:
 
 
 def load(path, device="cpu") -> tuple[GPT, object]:
-    """Rebuild ``(model, tokenizer)`` from a checkpoint folder (or a run folder: its newest valid one).
+    """Rebuild ``(model, tokenizer)`` from a checkpoint folder (or a run folder: its newest valid one),
+    or from the ``CheckpointInfo`` that ``read_info`` returned for it (verified then, not again).
 
     The model comes back in eval mode on ``device``; the tokenizer is None if none was saved.
     """
-    info = read_info(path)
+    info = path if isinstance(path, CheckpointInfo) else read_info(path)
     if info.task != "lm":
         raise ValueError(f"{info.path} holds a {info.task} model (a GPT with a classification head), not a "
                          f"language model; load it with lmkit.checkpoint.load_classifier(path)")
@@ -251,14 +252,15 @@ def load(path, device="cpu") -> tuple[GPT, object]:
 
 
 def load_classifier(path, device="cpu"):
-    """Rebuild ``(classifier, tokenizer, labels)`` from a classifier checkpoint (or run folder).
+    """Rebuild ``(classifier, tokenizer, labels)`` from a classifier checkpoint (or run folder), or from
+    its ``CheckpointInfo`` (as ``load``).
 
     The classifier is a ``lmkit.finetune.GPTClassifier`` in eval mode on ``device``; ``labels`` are
     its class names, index = class id.
     """
     from .finetune import GPTClassifier
 
-    info = read_info(path)
+    info = path if isinstance(path, CheckpointInfo) else read_info(path)
     if info.task != "classification":
         raise ValueError(f"{info.path} holds a language model, not a classifier; load it with "
                          f"lmkit.checkpoint.load(path)")

@@ -501,9 +501,9 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     from . import checkpoint as ckpt
     from .data import DATA_DIR, load_prepared
 
-    info = ckpt.read_info(path)  # the checkpoint, or a run's newest intact one: verified
+    info = ckpt.read_info(path)  # the checkpoint, or a run's newest intact one: verified once
     found = info.path
-    model, tokenizer = ckpt.load(found, device)
+    model, tokenizer = ckpt.load(info, device)
     if tokenizer is None:
         raise ValueError(f"{found} holds no tokenizer.json, so its token ids cannot be matched to any prepared data")
     kind = tokenizer.to_dict()["type"]
@@ -538,7 +538,7 @@ def evaluate_runs(runs, data_dir=None, *, root=None, stride: int | None = None, 
     """
     import pandas as pd
 
-    from .runs import read_config
+    from .runs import _flatten, read_config
 
     rows, skipped = [], {}
     for run in map(Path, runs):
@@ -549,12 +549,8 @@ def evaluate_runs(runs, data_dir=None, *, root=None, stride: int | None = None, 
         except ValueError as e:
             skipped[name] = str(e)
             continue
-        config, settings = read_config(run), {}
-        for key in RUN_SETTINGS:
-            section, field = key.split(".")
-            values = config.get(section)
-            settings[field] = values.get(field) if isinstance(values, dict) else None
-        rows.append({"run": name, **scores, **settings})
+        config = _flatten(read_config(run))  # {"model.n_layer": 4, ...}, as load_runs reads it
+        rows.append({"run": name, **scores, **{key.split(".")[1]: config.get(key) for key in RUN_SETTINGS}})
     if not rows:
         return pd.DataFrame(columns=["run", "bits_per_char"]), skipped
     return pd.DataFrame(rows).sort_values("bits_per_char", kind="stable").reset_index(drop=True), skipped

@@ -685,7 +685,7 @@ def fine_tuned_classifiers(container, device="cpu") -> Iterator[tuple[str, GPTCl
             continue  # nothing saved, or nothing intact
         if info.task != "classification":
             continue  # the instruction-tuned language model
-        classifier, tokenizer, _ = ckpt.load_classifier(info.path, device)
+        classifier, tokenizer, _ = ckpt.load_classifier(info, device)
         yield read_config(sub).get("method", sub.name), classifier, tokenizer
 
 

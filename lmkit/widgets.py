@@ -87,7 +87,7 @@ class AttentionExplorer:
     def update(self) -> float:
         """Redraw; returns (and shows) the time it took in milliseconds."""
         start = time.perf_counter()
-        fig = _json_safe(self.build())
+        fig = _with_typed_maps(self.build())
         with self.figure.batch_update():
             self.figure.data = ()
             self.figure.add_traces(fig.data)
@@ -174,7 +174,7 @@ class _Static:
         return self.fig._repr_mimebundle_(include, exclude)
 
 
-def _json_safe(fig: go.Figure) -> go.Figure:
+def _with_typed_maps(fig: go.Figure) -> go.Figure:
     """Every map's ``z`` as a plotly.js typed-array spec (float32 bytes, base64): a FigureWidget syncs
     its data to the browser as strict JSON, which has no NaN (a masked attention cell), and a nested
     list of 65k numbers is what made a redraw slow (plotly validates, copies and serialises it cell

@@ -19,6 +19,24 @@ def saved(tmp_path, name="step_000001", **kwargs):
     return model, tok, ckpt.save(tmp_path / "checkpoints" / name, model, tok, **kwargs)
 
 
+def test_load_takes_the_info_read_info_returned_without_verifying_again(tmp_path, monkeypatch):
+    """Callers that read a checkpoint's info first (evaluate_checkpoint, fine_tuned_classifiers) hash
+    its files once, not once for read_info and again for load."""
+    model, tok, path = saved(tmp_path, step=5)
+    verified = []
+    real_verify = ckpt.verify
+    monkeypatch.setattr(ckpt, "verify", lambda p: (verified.append(p), real_verify(p))[1])
+    info = ckpt.read_info(tmp_path)  # a run folder: its newest intact checkpoint
+    loaded, loaded_tok = ckpt.load(info)
+    assert verified == [path]
+    x = torch.randint(0, 11, (2, 8))
+    assert torch.equal(loaded(x).logits, model(x).logits) and loaded_tok.encode("abc") == tok.encode("abc")
+    with pytest.raises(ValueError, match="not a classifier"):
+        ckpt.load_classifier(info)  # the info's task is checked as the path's would be
+    ckpt.load(path)
+    assert verified == [path, path]  # given a path, load verifies it
+
+
 def test_round_trip_gives_identical_logits_and_tokenizer(tmp_path):
     model, tok, path = saved(tmp_path, step=7, train_config={"max_steps": 9})
     loaded, loaded_tok = ckpt.load(path)

@@ -300,6 +300,23 @@ def test_evaluate_checkpoint_scores_the_whole_validation_split_and_refuses_a_for
         evaluate_checkpoint(tmp_path / "run", tmp_path / "nowhere")
 
 
+def test_evaluate_checkpoint_hashes_the_checkpoint_once(tmp_path, monkeypatch):
+    from lmkit import GPT, GPTConfig
+    from lmkit import checkpoint as ckpt
+    from lmkit.data import load_prepared, prepare_dataset
+    from lmkit.evaluate import evaluate_checkpoint
+
+    prepare_dataset(["abcdefgh " * 40] * 6, tmp_path / "data", val_fraction=0.2)
+    _, _, tok, _ = load_prepared(tmp_path / "data", 8)
+    path = ckpt.save(tmp_path / "run" / "checkpoints" / "step_000002",
+                     GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)), tok)
+    verified = []
+    real_verify = ckpt.verify
+    monkeypatch.setattr(ckpt, "verify", lambda p: (verified.append(p), real_verify(p))[1])
+    assert evaluate_checkpoint(tmp_path / "run", tmp_path / "data", max_tokens=20)["tokens"] == 19
+    assert verified == [path]
+
+
 def test_evaluate_runs_puts_every_run_on_one_table_and_names_the_ones_it_skips(tmp_path):
     from lmkit import GPT, CharTokenizer, GPTConfig, runs
     from lmkit import checkpoint as ckpt
