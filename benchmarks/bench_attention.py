@@ -2,8 +2,8 @@
 
 What is measured, on the default model width and depth with a 256-token context
 (``GPTConfig(vocab_size=V, block_size=256)``, V from a ``CharTokenizer`` over the text) and a
-256-character Shakespeare text (the start of ``../shared/data/tinyshakespeare/input.txt`` beside the
-repository when present, else a fixed passage):
+256-character Shakespeare text (the start of ``data/tinyshakespeare/input.txt``, shipped in the
+repository):
 
 - ``forward``: ``model(idx)`` without attentions (the fused attention kernel), for comparison;
 - ``forward+attentions``: ``model(idx, output_attentions=True)``;
@@ -33,16 +33,11 @@ from lmkit.model import GPT, GPTConfig
 from lmkit.tokenizer import CharTokenizer
 from lmkit.widgets import VIEWS, AttentionExplorer
 
-from .common import TINY_SHAKESPEARE, alternate, median, record
+from .common import TINY_SHAKESPEARE, alternate, median, record, text_file
 
 NAME = "attention"
 TARGET_CAPTURE_MS = 50.0
 TARGET_UPDATE_MS = 200.0
-FALLBACK_LINES = (  # used when the tinyshakespeare file is not there; repeated up to the wanted length
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
-    "All:\nSpeak, speak.\n\n"
-    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
-)
 QUICK = {"tokens": 64, "rounds": 3}  # a smoke check: seconds, not a measurement
 
 
@@ -58,11 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_text(n_chars: int) -> str:
-    """The first ``n_chars`` characters of tinyshakespeare, or of the repeated fallback passage."""
-    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")[:n_chars] if TINY_SHAKESPEARE.is_file() else ""
-    if len(text) < n_chars:
-        text = (FALLBACK_LINES * (n_chars // len(FALLBACK_LINES) + 1))[:n_chars]
-    return text
+    """The first ``n_chars`` characters of tiny Shakespeare."""
+    return text_file(TINY_SHAKESPEARE).read_text(encoding="utf-8")[:n_chars]
 
 
 def main(args: argparse.Namespace) -> pd.DataFrame:

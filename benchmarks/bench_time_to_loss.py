@@ -30,7 +30,7 @@ from lmkit.device import auto_device
 from lmkit.evaluate import lm_loss
 
 from .bench_train import CONFIGS, hf_train_step
-from .common import TINY_SHAKESPEARE, alternate, median, record
+from .common import TINY_SHAKESPEARE, alternate, median, record, text_file
 
 NANOGPT_ITERS = 2000
 HF_VS_NANOGPT = 0.9  # HF GPT2LMHeadModel's tokens/s as a share of nanoGPT's (0.87–0.93 measured, issue 8)
@@ -58,8 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace):
-    if not Path(args.text).is_file():
-        raise SystemExit(f"--text {args.text}: no such file; pass any UTF-8 text file")
+    text_file(args.text)
     device = auto_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         return _run(args, device, Path(tmp))

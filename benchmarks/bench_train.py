@@ -33,7 +33,7 @@ from lmkit import GPT, GPTConfig, TrainConfig, Trainer
 from lmkit.data import TokenDataset
 from lmkit.device import auto_device, peak_flops
 
-from .common import TINY_SHAKESPEARE, alternate, median, record
+from .common import TINY_SHAKESPEARE, alternate, median, record, text_file
 
 CONFIGS = {
     "A": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),
@@ -146,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace):
     device = auto_device(args.device)
-    tokens, vocab = char_tokens(args.text)
+    tokens, vocab = char_tokens(text_file(args.text))
     rows = []
     for name in args.configs:
         steps = 1 if args.quick else {"A": 20, "B": 4}[name] * (10 if device.type == "cuda" else 1)

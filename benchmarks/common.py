@@ -7,6 +7,7 @@ and days sit in one file and stay comparable.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import statistics
@@ -18,9 +19,27 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# nanoGPT's shakespeare_char text (1,115,394 bytes), kept beside the repository in ../shared
-TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# nanoGPT's shakespeare_char text (char-rnn's tiny Shakespeare, 1,115,394 bytes), shipped in the
+# repository with its source and checksum (data/README.md)
+TINY_SHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def text_file(path) -> Path:
+    """``path`` checked for a benchmark: it must exist, and the shipped tiny Shakespeare must be intact
+    (a changed file would make its results incomparable with the recorded ones). Exits with a message."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--text {path}: no such file; pass any UTF-8 text file")
+    if path.resolve() == TINY_SHAKESPEARE.resolve():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != TINY_SHAKESPEARE_SHA256:
+            raise SystemExit(f"{path}: SHA-256 {digest} is not the shipped file's {TINY_SHAKESPEARE_SHA256}; "
+                             f"restore it with `git checkout -- data/tinyshakespeare/input.txt`, or pass "
+                             f"your own text with --text")
+    return path
 
 
 def cpu_model() -> str:

