@@ -19,6 +19,7 @@ from pathlib import Path
 from . import checkpoint, data, runs
 from .device import init_distributed
 from .evaluate import evaluate_checkpoint, lm_loss, sample_texts
+from .logs import show_logs
 from .model import GPT, GPTConfig
 from .params import convert
 from .trainer import TrainConfig, Trainer, TrainingTerminated
@@ -198,10 +199,9 @@ def cmd_run(args) -> Path:
             kept = runs.store_checked_outputs(out / Path(nb).name, nb)
             print(f"stored the outputs of {kept} checked cell(s) in {nb}")
     summaries = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    print(f"\npipeline finished: {len(summaries)} notebook(s) executed into {out}/ (.ipynb and .html each)")
-    for stem, numbers in summaries.items():
-        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
-        print(f"  {stem}: {shown}")
+    seconds = sum(numbers["seconds"] for numbers in summaries.values())
+    print(f"\npipeline finished: {len(summaries)} notebook(s) in {seconds // 60:.0f} min {seconds % 60:.0f} s, "
+          f"into {out}/ (each as .ipynb, .html and .log); headline numbers in summary.json")
     return out
 
 
@@ -224,7 +224,6 @@ def cmd_sweep(args) -> Path:
         if name in fixed:
             raise ValueError(f"--set {name} is given twice; to try several values, sweep it: -p {name} V1 V2")
         fixed[name] = value
-    logging.getLogger("papermill").setLevel(logging.WARNING)  # four lines per run otherwise
     table = runs.sweep(notebook, grid, fixed=fixed, parallel=args.parallel,
                        runs_root=args.runs_root, name=args.name, log=print)
     numbers = [c for c in ("val_loss", "bits_per_char", "best_val_loss", "final_val_loss") if c in table]
@@ -329,7 +328,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_logs(info_stream="stderr")  # lmkit's messages only; stdout keeps what a command prints
     args = make_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,8 +1,8 @@
 """Helpers for the numbered notebooks: one set-up call and a headline-numbers cell.
 
 ``setup(seed)`` is the first call of every notebook: it seeds everything, makes plotly figures
-render offline (plotly.js embedded in the output, no CDN, no MathJax), routes lmkit's logging to
-the notebook, and returns the device. ``summary(...)`` shows a notebook's headline numbers and
+render offline (plotly.js embedded in the output, no CDN, no MathJax), shows lmkit's log messages
+as ordinary output (warnings as warnings, see ``lmkit.logs``), and returns the device. ``summary(...)`` shows a notebook's headline numbers and
 stores them as JSON in the cell's output, where ``lmkit.runs.run_pipeline`` collects them.
 """
 
@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 
 from .device import auto_device, seed_everything
+from .logs import show_logs
 
 SUMMARY_TAG = "summary"  # the cell tag the pipeline reads headline numbers from
 
 
 def setup(seed: int = 0, device: str = "auto"):
-    """Seed python/numpy/torch, set offline plotly rendering and INFO logging; return the device."""
+    """Seed python/numpy/torch, set offline plotly rendering, show lmkit's INFO messages on stdout and
+    its warnings on stderr; return the device."""
     import plotly.io as pio
 
     if "lmkit_notebook" not in pio.renderers:
         pio.renderers["lmkit_notebook"] = _offline_notebook_renderer()
     pio.renderers.default = "plotly_mimetype+lmkit_notebook"  # live in JupyterLab, self-contained in HTML
     pio.defaults.mathjax = False  # MathJax would be fetched from a CDN
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "kaleido", "choreographer", "logistro", "papermill"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    show_logs(info_stream="stdout")  # stderr is drawn pink in Jupyter: only warnings belong there
     seed_everything(seed)
     return auto_device(device)
 

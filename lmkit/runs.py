@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .execution import CellProgress, execute
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # default root: <repository>/runs; LMKIT_RUNS_DIR moves it (make test points it at a temporary folder)
 RUNS_DIR = Path(os.environ.get("LMKIT_RUNS_DIR", REPO_ROOT / "runs"))
@@ -331,19 +333,6 @@ def _params_for(notebook: Path, profile: dict) -> dict:
     return {**shared, **profile.get(notebook.stem, {})}
 
 
-def export_html(notebook: Path) -> Path:
-    """Write ``notebook`` as a self-contained HTML page beside it (plotly.js is in the outputs)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    templates = Path(__file__).resolve().parent / "assets" / "nbconvert"  # "offline": lab minus CDN scripts
-    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(templates)])
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    out = notebook.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
-
-
 def read_summary(notebook: Path) -> dict:
     """Headline numbers from the output of the cell tagged ``summary`` (see lmkit.notebook.summary)."""
     import nbformat
@@ -358,16 +347,28 @@ def read_summary(notebook: Path) -> dict:
     return {}
 
 
-def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeline", log=None) -> Path:
+def headline(numbers: dict) -> str:
+    """A notebook's summary numbers as one line: ``documents 77, kept 42, val_loss 1.647``."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+
+
+def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeline", log=None,
+                 progress: bool | None = None) -> Path:
     """Execute the numbered notebooks in order with papermill into a new run folder.
 
-    Each notebook lands there executed (``.ipynb``) and as HTML; ``summary.json`` collects their
-    headline numbers. All parameters are checked against every notebook before the first one runs.
-    A failing notebook raises PipelineError naming the notebook and the cell; the notebooks before it
-    and the partly executed one stay in the folder.
+    Each notebook lands there executed (``.ipynb``), as HTML, and with its log (``.log``: what its
+    cells printed, papermill's and the kernel's messages); ``summary.json`` collects their headline
+    numbers. All parameters are checked against every notebook before the first one runs. A failing
+    notebook raises PipelineError naming the notebook and the cell; the notebooks before it and the
+    partly executed one stay in the folder.
+
+    ``progress``: a bar per notebook over its cells (elapsed time, the cell running), then its
+    headline numbers; None: when stdout is a terminal. Without bars, ``log`` gets a line as each
+    notebook starts and one as it ends.
     """
-    import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from .notebook_html import export_html  # nbconvert: seconds to import, only for pipelines
 
     log = log or logging.getLogger(__name__).info
     notebooks = [Path(n) for n in notebooks] if notebooks is not None else numbered_notebooks()
@@ -384,21 +385,35 @@ def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeli
     plan = [(nb, check_parameters(nb, _params_for(nb, prof))) for nb in notebooks]
     out = new_run(runs_root, name, {"kind": "pipeline", "profile": str(profile) if profile else None,
                                     "notebooks": {nb.stem: params for nb, params in plan}})
+    log(f"running {len(plan)} notebook(s) into {out}/ (each as .ipynb, .html and .log)")
+    width = max(len(nb.stem) for nb, _ in plan)
     summaries = {}
     for nb, params in plan:
         target = out / nb.name
         started = time.time()
-        log(f"running {nb.name} → {target}" + (f" with {params}" if params else ""))
+        bar = CellProgress(nb.stem.ljust(width), enabled=progress)
+        if not bar.enabled:
+            log(f"{nb.stem}: running" + (f" with {params}" if params else ""))
         try:
-            papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(nb.parent),
-                                       progress_bar=False, kernel_name="python3")
+            execute(nb, target, params, progress=bar)
         except PapermillExecutionError as e:
+            bar.close(f"failed in cell {e.exec_count}")
             export_html(target)
             raise PipelineError(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
-                                f"{e.ename}: {e.evalue}\nthe partly executed notebook is {target}") from None
+                                f"{e.ename}: {e.evalue}\nthe partly executed notebook is {target}, its output "
+                                f"in {target.with_suffix('.log')}") from None
+        except BaseException:  # Ctrl-C, a kernel that died: the line says so, the error goes on up
+            bar.close("stopped")
+            raise
+        bar.close("done")
         export_html(target)
         summaries[nb.stem] = {"seconds": round(time.time() - started, 1), **read_summary(target)}
         (out / "summary.json").write_text(json.dumps(summaries, indent=1), encoding="utf-8")
+        numbers = headline({k: v for k, v in summaries[nb.stem].items() if k != "seconds"})
+        if not bar.enabled:
+            log(f"{nb.stem}: done in {summaries[nb.stem]['seconds']:.1f} s" + (f": {numbers}" if numbers else ""))
+        elif numbers:
+            log(" " * (width + 2) + numbers)  # under the notebook's line, past its name
     return out
 
 
@@ -488,7 +503,7 @@ def sweep(notebook, grid, *, fixed: dict | None = None, parallel: int = 1, runs_
     _write_results(folder, rows)
     log(f"sweep {folder}: {len(plan)} run(s) of {notebook.name}, up to {parallel} at once")
 
-    cwd = os.getcwd()  # papermill's chdir is process-wide: with threads, who restores it last is luck
+    cwd = os.getcwd()  # restored afterwards, whatever a run did (a chdir is process-wide: threads share it)
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="lmkit-sweep")
     try:
         futures = {pool.submit(_sweep_one, notebook, Path(row["path"]), params, takes_run_dir, log): row
@@ -523,10 +538,10 @@ def _serialised(log: Callable[[str], object]) -> Callable[[str], None]:
 def _sweep_one(notebook: Path, run: Path, params: dict, takes_run_dir: bool, log) -> tuple[dict, dict]:
     """Execute one run of a sweep: ``({status, error, seconds}, {summary and validation numbers})``.
     A failing notebook does not raise; its error is returned."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from .files import write_json_atomic
+    from .notebook_html import export_html
 
     target = run / notebook.name
     status = {"status": "running", "params": params, "seconds": 0.0, "error": None}
@@ -534,10 +549,8 @@ def _sweep_one(notebook: Path, run: Path, params: dict, takes_run_dir: bool, log
     log(f"sweep run {run.name}: started")
     started = time.time()
     try:
-        papermill.execute_notebook(
-            str(notebook), str(target), parameters={**params, **({"run_dir": str(run)} if takes_run_dir else {})},
-            cwd=str(notebook.parent), progress_bar=False, kernel_name="python3",
-            resources={"metadata": {"path": str(notebook.parent)}})  # the kernel's cwd, whatever the process's is
+        execute(notebook, target, {**params, **({"run_dir": str(run)} if takes_run_dir else {})},
+                cwd=notebook.parent)  # the kernel's cwd, whatever the process's is
     except PapermillExecutionError as e:
         status.update(status="failed", error=f"{e.ename}: {e.evalue} (cell {e.cell_index})")
     except Exception as e:  # a kernel that died or never started: recorded, the sweep goes on
