@@ -19,13 +19,16 @@ setup: $(STAMP)
 
 # torch goes in first, alone, at the version pinned in requirements.txt: installed after a package
 # that depends on it, pip could pull a multi-GB CUDA build on a CPU-only machine.
+# setuptools' notice about editable installs (UserWarning) is for package authors, not for a user.
 $(STAMP): requirements.txt pyproject.toml
+	@echo "setting up $(VENV)/ (about 2 minutes and 2 GB the first time; pip works quietly)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$$(grep -E '^torch==' requirements.txt)"
 	$(PIP) install -r requirements.txt
-	$(PIP) install --no-deps -e .
+	PYTHONWARNINGS=ignore::UserWarning $(PIP) install --no-deps -e .
 	touch $@
+	@echo "$(VENV)/ is ready"
 
 run: $(STAMP)
 	$(PY) -m lmkit run $(if $(PARAMS),-f $(PARAMS))
@@ -36,8 +39,10 @@ test: $(STAMP)
 	runs=$$(mktemp -d -t lmkit-test-runs.XXXXXX); \
 	LMKIT_RUNS_DIR=$$runs $(PY) -m pytest $(PYTEST_ARGS); status=$$?; rm -rf "$$runs"; exit $$status
 
+# Kernels get CurveZMQ keys from the server (encrypted sockets; ipykernel then has nothing to warn about).
 lab: $(STAMP)
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab notebooks/ --MappingKernelManager.transport_encryption=$$($(PY) -c \
+	  "import zmq; print('auto' if zmq.has('curve') else 'disabled')")
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)

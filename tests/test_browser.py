@@ -54,7 +54,8 @@ def jupyterlab(tmp_path):
            "IPYTHONDIR": str(tmp_path / "ipython"), "JUPYTER_PLATFORM_DIRS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"],
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+         "--MappingKernelManager.transport_encryption=auto"],  # as `make lab` starts it
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -165,6 +166,9 @@ def test_lmkit_messages_read_as_output_in_jupyterlab_and_warnings_as_warnings(ju
     assert "cleaned 3 documents" in shown["stdout"] and "cleaned 3 documents" not in shown["stderr"], streams
     assert "WARNING lmkit.demo: 2 documents have no letters" in shown["stderr"], streams
     assert tinted(streams) == {"stdout": False, "stderr": True}, streams
+    # the kernel ran on encrypted sockets (as `make lab` starts JupyterLab), so ipykernel did not warn
+    server_log = (tmp_path / "server.log").read_text()
+    assert "Kernel started" in server_log and "without encryption" not in server_log, server_log[-2000:]
 
 
 def tinted(streams) -> dict[str, bool]:

@@ -68,3 +68,12 @@ def test_every_parameters_line_is_read_by_papermill():
         assigned = {t.target.id if isinstance(t, ast.AnnAssign) else t.targets[0].id
                     for t in ast.parse(cell.source).body if isinstance(t, ast.Assign | ast.AnnAssign)}
         assert assigned == set(papermill.inspect_notebook(str(nb))), nb.name
+
+
+def test_make_lab_starts_kernels_on_encrypted_sockets_as_the_browser_test_does():
+    """ipykernel warns about every kernel on unencrypted TCP; JupyterLab provisions CurveZMQ keys when
+    told to (tests/test_browser.py starts it the same way and checks that no warning comes)."""
+    recipe = re.search(r"^lab:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "--MappingKernelManager.transport_encryption=" in recipe and "zmq.has('curve')" in recipe
+    browser_test = (ROOT / "tests" / "test_browser.py").read_text()
+    assert '"--MappingKernelManager.transport_encryption=auto"' in browser_test
