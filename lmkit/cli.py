@@ -200,8 +200,8 @@ def cmd_run(args) -> Path:
             print(f"stored the outputs of {kept} checked cell(s) in {nb}")
     summaries = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     seconds = sum(numbers["seconds"] for numbers in summaries.values())
-    print(f"\npipeline finished: {len(summaries)} notebook(s) in {seconds // 60:.0f} min {seconds % 60:.0f} s, "
-          f"into {out}/ (each as .ipynb, .html and .log); headline numbers in summary.json")
+    print(f"\npipeline finished: {len(summaries)} notebook(s) in {seconds // 60:.0f} min {seconds % 60:.0f} s\n"
+          f"  {out}/ holds each as .ipynb, .html and .log, and the headline numbers in summary.json")
     return out
 
 

@@ -2,8 +2,9 @@
 
 ``setup(seed)`` is the first call of every notebook: it seeds everything, makes plotly figures
 render offline (plotly.js embedded in the output, no CDN, no MathJax), shows lmkit's log messages
-as ordinary output (warnings as warnings, see ``lmkit.logs``), and returns the device. ``summary(...)`` shows a notebook's headline numbers and
-stores them as JSON in the cell's output, where ``lmkit.runs.run_pipeline`` collects them.
+as ordinary output (warnings as warnings, see ``lmkit.logs``), and returns the device.
+``summary(...)`` shows a notebook's headline numbers and stores them as JSON in the cell's output,
+where ``lmkit.runs.run_pipeline`` collects them.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -347,9 +348,20 @@ def read_summary(notebook: Path) -> dict:
     return {}
 
 
-def headline(numbers: dict) -> str:
-    """A notebook's summary numbers as one line: ``documents 77, kept 42, val_loss 1.647``."""
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+def headline(numbers: dict, width: int | None = None, indent: int = 0) -> str:
+    """A notebook's summary numbers as one line, ``documents 77, kept 42, val_loss 1.647``; with a
+    ``width``, as lines of at most that many characters, each indented by ``indent`` spaces and broken
+    between numbers, never inside one."""
+    items = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()]
+    if width is None:
+        return ", ".join(items)
+    lines, line = [], ""
+    for item in items:
+        if line and indent + len(line) + len(item) + 1 > width:
+            lines.append(line)
+            line = ""
+        line += (" " if line else "") + item + ","
+    return "\n".join(" " * indent + text for text in [*lines, line]).rstrip(",")
 
 
 def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeline", log=None,
@@ -412,8 +424,9 @@ def run_pipeline(notebooks=None, *, profile=None, runs_root="runs", name="pipeli
         numbers = headline({k: v for k, v in summaries[nb.stem].items() if k != "seconds"})
         if not bar.enabled:
             log(f"{nb.stem}: done in {summaries[nb.stem]['seconds']:.1f} s" + (f": {numbers}" if numbers else ""))
-        elif numbers:
-            log(" " * (width + 2) + numbers)  # under the notebook's line, past its name
+        elif numbers:  # under the notebook's line, past its name, wrapped to the terminal
+            columns = shutil.get_terminal_size(fallback=(100, 24)).columns
+            log(headline({k: v for k, v in summaries[nb.stem].items() if k != "seconds"}, columns - 1, width + 2))
     return out
 
 

@@ -102,6 +102,8 @@ def test_attention_notebook_renders_heatmaps_and_sliders(jupyterlab, tmp_path):
             page.locator(".jp-OutputArea-output", has_text="explorer_update_ms").wait_for(timeout=1_200_000)
             page.wait_for_selector(".js-plotly-plot", state="attached", timeout=60_000)
             page.wait_for_selector(".widget-slider", state="attached", timeout=60_000)
+            # the explorer's FigureWidget draws after its cell's reply, once its front-end code has loaded
+            page.wait_for_function(f"({EXPLORER_MAPS})().length > 0", timeout=60_000)
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             raise

@@ -203,3 +203,14 @@ def _steps(tmp_path, steps: int):
     path = tmp_path / "steps.yaml"
     path.write_text(f"all:\n  steps: {steps}\n")
     return path
+
+
+def test_headline_numbers_wrap_between_numbers_never_inside_one():
+    numbers = {"documents": 77, "kept": 42, "near_duplicate_clusters": 35, "train_tokens": 4562900,
+               "val_loss": 1.64712, "run": "20261201-093927-training"}
+    assert runs.headline(numbers) == ("documents 77, kept 42, near_duplicate_clusters 35, train_tokens 4562900, "
+                                      "val_loss 1.647, run 20261201-093927-training")
+    wrapped = runs.headline(numbers, width=60, indent=4).splitlines()
+    assert wrapped == ["    documents 77, kept 42, near_duplicate_clusters 35,",
+                       "    train_tokens 4562900, val_loss 1.647,", "    run 20261201-093927-training"]
+    assert all(len(line) <= 60 for line in wrapped)
