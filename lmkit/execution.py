@@ -71,7 +71,6 @@ class CellProgress:
         self.enabled = bool(getattr(self.file, "isatty", lambda: False)()) if enabled is None else enabled
         self.width = width  # of the running cell's text
         self.bar = None
-        self.code_cells = 0
         self._stop = threading.Event()
 
     def start(self, total: int) -> None:

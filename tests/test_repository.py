@@ -63,11 +63,11 @@ def test_no_file_refers_to_a_path_above_the_repository_root():
 
 def test_the_check_sees_each_way_of_climbing_out():
     bench = REPO / "benchmarks" / "common.py"  # depth 1: two steps up from the file reach the root
-    assert escapes(bench, ['TEXT = Path(__file__).resolve().parents[2] / "shared" / "input.txt"'])
+    assert escapes(bench, ['TEXT = Path(__file__).resolve().parents[2] / "beside" / "input.txt"'])
     assert escapes(bench, ["ROOT = Path(__file__).resolve().parent.parent.parent"])
-    assert escapes(bench, ['text = open("../../shared/data/input.txt")'])
-    assert escapes(REPO / "README.md", ["see ../shared/DESIGN.md"])
-    assert escapes(bench, ["a text (the start of ``../shared/data/input.txt`` beside the repository)"])
+    assert escapes(bench, ['text = open("../../beside/data/input.txt")'])
+    assert escapes(REPO / "README.md", ["see ../beside/DESIGN.md"])
+    assert escapes(bench, ["a text (the start of ``../beside/data/input.txt`` next to the repository)"])
     assert not escapes(bench, ["REPO_ROOT = Path(__file__).resolve().parent.parent",
                                "RESULTS = Path(__file__).resolve().parents[1] / 'results'"])
     assert not escapes(REPO / "notebooks" / "01_data.ipynb", ['"prepared_dir = \\"../data/prepared\\""'])
