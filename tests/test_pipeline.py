@@ -1,6 +1,15 @@
 """The notebook pipeline behind `make run`: parameter checks, execution, HTML export, failures."""
 
+import fcntl
 import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 import nbformat
 import pytest
@@ -108,15 +117,6 @@ def speaking_notebooks(tmp_path):
 def run_in_terminal(args, cwd, columns=120) -> str:
     """Run ``args`` on a pseudo-terminal of ``columns`` × 30, as a person at a terminal does; return what
     it wrote there."""
-    import fcntl
-    import os
-    import pty
-    import select
-    import struct
-    import subprocess
-    import termios
-    import time
-
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # the terminal's size decides
@@ -139,8 +139,6 @@ def run_in_terminal(args, cwd, columns=120) -> str:
 
 @pytest.mark.slow
 def test_run_in_a_terminal_shows_one_line_per_notebook_and_leaves_the_rest_to_its_log(tmp_path):
-    import sys
-
     first, second = speaking_notebooks(tmp_path)
     shown = run_in_terminal([sys.executable, "-m", "lmkit", "run", "--notebooks", str(first), str(second),
                              "--runs-root", str(tmp_path / "runs")], cwd=tmp_path)
@@ -167,10 +165,8 @@ def test_run_in_a_terminal_shows_one_line_per_notebook_and_leaves_the_rest_to_it
     assert "without encryption" not in log and "IPKernelApp" not in log
 
 
+@pytest.mark.slow
 def test_run_into_a_pipe_prints_a_line_as_each_notebook_starts_and_ends(tmp_path):
-    import subprocess
-    import sys
-
     first, second = speaking_notebooks(tmp_path)
     done = subprocess.run([sys.executable, "-m", "lmkit", "run", "--notebooks", str(first), str(second),
                            "--runs-root", str(tmp_path / "runs"), "-f", str(_steps(tmp_path, 4))],
