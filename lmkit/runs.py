@@ -102,12 +102,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+LOCK_CLAIM_SECONDS = 10.0  # a lock without a pid younger than this is being written, not abandoned
+
+
 def lock_run(run_dir) -> Path:
     """Claim ``run_dir`` for this process: ``run_dir/.lock`` is created exclusively and holds our pid.
 
-    A second process fails fast with RunInUseError (and touches nothing). A lock left by a dead
-    process (``kill -9``, a crash) is taken over; one left by this same process (a notebook kernel
-    resuming its own run) is kept. The lock goes away when the process exits.
+    A second process fails fast with RunInUseError (and touches nothing), also in the instant between
+    the first one's create and its writing the pid (an empty lock younger than ``LOCK_CLAIM_SECONDS``).
+    A lock left by a dead process (``kill -9``, a crash; an empty one once older) is taken over; one
+    left by this same process (a notebook kernel resuming its own run) is kept. The lock goes away when
+    the process exits.
     """
     path = Path(run_dir) / ".lock"
     for _ in range(3):
@@ -116,13 +121,19 @@ def lock_run(run_dir) -> Path:
         except FileExistsError:
             try:
                 owner = int(path.read_text().strip() or 0)
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # its owner just released it: try again
+                continue
             except (OSError, ValueError):
-                owner = 0
+                owner, age = 0, LOCK_CLAIM_SECONDS
             if owner == os.getpid():
                 return path
             if owner and _alive(owner):
                 raise RunInUseError(f"{run_dir} is in use by process {owner} (lock {path}); wait for it to "
                                     f"finish, or train into a fresh run folder (lmkit.runs.new_run)") from None
+            if not owner and age < LOCK_CLAIM_SECONDS:  # created an instant ago, its pid not written yet
+                raise RunInUseError(f"{run_dir} is being claimed by another process right now (lock {path}); "
+                                    f"wait for it to finish, or train into a fresh run folder") from None
             path.unlink(missing_ok=True)  # stale: its owner is gone; retry the exclusive create
             continue
         with os.fdopen(fd, "w") as f:

@@ -29,6 +29,20 @@ def test_exactly_one_of_two_simultaneous_runs_gets_the_folder(tmp_path):
     assert not (tmp_path / ".lock").exists()  # the winner released it on exit
 
 
+def test_a_lock_whose_owner_has_not_written_its_pid_yet_is_not_taken_over(tmp_path):
+    """Between the first process's exclusive create and its writing the pid the lock is empty for an
+    instant; a second process that took that for a stale lock would share the folder (seen once in
+    make test). An empty lock left long ago by a process that died in that instant is taken over."""
+    lock = tmp_path / ".lock"
+    lock.touch()
+    with pytest.raises(RunInUseError, match="being claimed by another process right now"):
+        lock_run(tmp_path)
+    assert lock.read_text() == ""  # untouched
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    assert lock_run(tmp_path).read_text() == str(os.getpid())
+
+
 @pytest.mark.slow
 def test_second_trainer_fails_fast_and_touches_nothing(token_data, tmp_path):
     train, val = token_data
