@@ -285,6 +285,22 @@ def _load_tokenizer(path: Path):
     return tokenizer_from_dict(_read_json(tok_path)) if tok_path.exists() else None
 
 
+def load_tokenizer_of(info: CheckpointInfo):
+    """The tokenizer saved with a checkpoint (verified by ``read_info``), or None."""
+    return _load_tokenizer(info.path)
+
+
+def check_same_tokenizer(info: CheckpointInfo, saved, other, what: str) -> None:
+    """Refuse ``other`` (a tokenizer) unless it is the checkpoint's own ``saved`` one: with another
+    vocabulary the same token ids would stand for other text. ``what`` names where ``other`` came from."""
+    if saved.to_dict() == other.to_dict():
+        return
+    mine, theirs = saved.to_dict()["type"], other.to_dict()["type"]
+    raise ValueError(f"{info.path} was trained with a {mine} tokenizer of {saved.vocab_size} ids, but {what} is a "
+                     f"different {theirs} tokenizer of {other.vocab_size} ids: its token ids would mean other text. "
+                     f"Use the data the run was trained on (or data prepared with its tokenizer)")
+
+
 def load_weights(model: GPT, path, device="cpu") -> None:
     """Copy a checkpoint's weights into ``model`` (configs must match). Safetensors only."""
     file = Path(path) / "model.safetensors"

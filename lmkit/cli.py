@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 from . import checkpoint, data, runs
-from .device import init_distributed
+from .device import auto_device, autocast_dtype, init_distributed, seed_everything
 from .evaluate import evaluate_checkpoint, lm_loss, sample_texts
 from .logs import show_logs
 from .model import GPT, GPTConfig
 from .params import convert
-from .trainer import TrainConfig, Trainer, TrainingTerminated
+from .trainer import TrainConfig, Trainer, TrainingInterrupted, TrainingTerminated, resume_changes
 
 log = logging.getLogger("lmkit")
 
@@ -127,15 +127,22 @@ def cmd_train(args) -> Path:
     options = read_config_file(args.config) if args.config else {}
     options.update({f.name: getattr(args, f.name) for f in MODEL_FIELDS + TRAIN_FIELDS if hasattr(args, f.name)})
     model_cfg, train_cfg = build_configs(options, vocab_size=1)  # every option checked before any work
-    folder = _ensure_data(args.data)
+    if args.resume:
+        model_cfg, train_cfg, info, folder = _resume_settings(args, options)
+    else:
+        info, folder = None, _ensure_data(args.data)
+    check_device(train_cfg)  # a device or dtype this machine lacks: refused before a folder exists
     train_ds, val_ds, tok, meta = data.load_prepared(folder, model_cfg.block_size)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.vocab_size)
+    if info is not None:
+        checkpoint.check_same_tokenizer(info, checkpoint.load_tokenizer_of(info), tok, f"the data in {folder}")
     dist_info, _ = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
-    if args.resume:
-        run_dir = checkpoint.resolve(args.resume).parent.parent
-    elif dist_info.is_main:
+    run_dir = _run_folder_of(info) if info is not None else None
+    if run_dir is None and dist_info.is_main:
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": {"path": str(folder), **{
             k: meta[k] for k in ("tokenizer", "vocab_size", "train_tokens", "val_tokens") if k in meta}}}
+        if info is not None:
+            config["resumed_from"] = str(info.path)  # a loose checkpoint: its run goes on in a new folder
         run_dir = runs.new_run(args.runs_root, args.name, config)
     if dist_info.enabled:  # every rank trains into the folder rank 0 created
         import torch.distributed as dist
@@ -143,17 +150,66 @@ def cmd_train(args) -> Path:
         shared = [str(run_dir) if dist_info.is_main else None]
         dist.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
+    seed_everything(train_cfg.seed)  # the initial weights: the same seed, the same run
     model = GPT(model_cfg)
     if dist_info.is_main:
         print(f"run {run_dir}: {model.num_params():,} parameters, {train_cfg.max_steps} steps, "
               f"{dist_info.world_size} process(es)")
-    trainer = Trainer(model, train_cfg, train_ds, val_ds, tokenizer=tok, run_dir=run_dir, resume_from=args.resume)
+    trainer = Trainer(model, train_cfg, train_ds, val_ds, tokenizer=tok, run_dir=run_dir,
+                      resume_from=info.path if info is not None else None)
     trainer.train()
+    if trainer.interrupted:  # Ctrl-C: saved, not finished; nothing may read as a finished run
+        saved = f"saved {trainer.last_checkpoint}" if trainer.last_checkpoint else "nothing saved"
+        raise TrainingInterrupted(f"Ctrl-C at step {trainer.step} of {train_cfg.max_steps}, the run is not "
+                                  f"finished ({saved}); continue with: python -m lmkit train --resume {run_dir}")
     if dist_info.is_main:
         report(trainer.model, tok, val_ds, meta, run_dir, num_samples=args.samples)
     if dist_info.enabled:
         dist.destroy_process_group()
     return run_dir
+
+
+def _resume_settings(args, options: dict) -> tuple[GPTConfig, TrainConfig, checkpoint.CheckpointInfo, Path]:
+    """What ``train --resume`` continues with: the checkpoint's model and training settings, the flags
+    given explicitly applied by the rule of ``trainer.resume_changes`` (refused before any work when
+    they would change the run), and the run's data unless ``--data`` names other data."""
+    info = checkpoint.read_info(args.resume)
+    saved_model = info.model_config.to_dict()
+    given = {f.name: _convert(f, options[f.name]) for f in MODEL_FIELDS if f.name in options}
+    differs = {k: (saved_model[k], v) for k, v in given.items() if saved_model[k] != v}
+    if differs:
+        shown = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in differs.items())
+        raise ValueError(f"cannot resume {info.path} with another model ({shown}): a resumed run keeps its "
+                         f"checkpoint's model; leave the model flags out, or train a new run")
+    train_opts = {f.name: _convert(f, options[f.name]) for f in TRAIN_FIELDS if f.name in options}
+    train_cfg = TrainConfig.from_dict({**(info.train_config or {}), **train_opts})
+    resume_changes(info.train_config, train_cfg, info.step, info.path)
+    if train_cfg.max_steps == info.step:
+        raise ValueError(f"{info.path} is the end of its run (step {info.step} = max_steps); to train on, "
+                         f"resume with a larger --max-steps, e.g. --max-steps {2 * info.step}")
+    if args.data:
+        folder = _ensure_data(args.data)
+    else:  # the data the run recorded, else the prepared Shakespeare of its tokenizer's kind
+        run = _run_folder_of(info)
+        recorded = runs.read_config(run).get("data") if run is not None else None
+        recorded = recorded.get("path") if isinstance(recorded, dict) else None
+        saved_tok = checkpoint.load_tokenizer_of(info)
+        kind = saved_tok.to_dict()["type"] if saved_tok is not None else "char"
+        folder = (_ensure_data(str(recorded)) if isinstance(recorded, str)
+                  else _ensure_data(None if kind == "char" else str(default_data_dir(kind))))
+    return info.model_config, train_cfg, info, folder
+
+
+def _run_folder_of(info: checkpoint.CheckpointInfo) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/step_N`` with ``<run>/config.json``),
+    or None for a loose checkpoint copied elsewhere, whose surroundings are not a run to write into."""
+    folder = info.path.parent.parent
+    return folder if info.path.parent.name == "checkpoints" and (folder / "config.json").is_file() else None
+
+
+def check_device(train_cfg: TrainConfig) -> None:
+    """Refuse a ``device`` or ``dtype`` this machine cannot run (ValueError), before anything is written."""
+    autocast_dtype(auto_device(train_cfg.device), train_cfg.dtype)
 
 
 def report(model, tok, val_ds, meta, run_dir: Path | None = None, num_samples: int = 2) -> dict:
@@ -272,9 +328,12 @@ def make_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a prepared dataset into a new run folder",
                        description="train a model on a prepared dataset into a new run folder")
     t.add_argument("--data", default=None, help="prepared dataset folder (default: Shakespeare, char level)")
-    t.add_argument("--resume", default=None, help="checkpoint or run folder to continue exactly")
+    t.add_argument("--resume", default=None,
+                   help="checkpoint or run folder to continue exactly, with its own settings (flags may change "
+                        "only max_steps, intervals, keep_last, device, dtype, compile); a checkpoint outside its "
+                        "run folder goes on in a new one")
     t.add_argument("--config", default=None, help="JSON or YAML file of options (flat or under model:/train:)")
-    t.add_argument("--runs-root", default="runs", help="where run folders are created")
+    t.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where run folders are created")
     t.add_argument("--name", default="train", help="suffix of the run folder name")
     t.add_argument("--samples", type=int, default=2, help="samples printed after training")
     _add_config_options(t)
@@ -338,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except (runs.PipelineError, RunsFailed) as e:  # a notebook failed mid-run; earlier outputs stay
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
     except (TrainingTerminated, runs.RunInUseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 143 if isinstance(e, TrainingTerminated) else 3

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .device import autocast, autocast_dtype, enable_tf32, init_distributed
+from .files import write_bytes_atomic, write_json_atomic
 from .runs import lock_run
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,48 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate
 
 
+# On resume the run's settings come from its checkpoint. These may still change (given explicitly),
+# each with a logged warning and a line in the run's config.json; every other field defines the run
+# (what is learned, from which batches, at which rates) and a different value is refused.
+RESUME_ADJUSTABLE = ("max_steps", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
+                     "keep_last", "device", "dtype", "compile", "progress")
+
+
+def resume_changes(saved: dict | None, config: TrainConfig, step: int, where) -> dict[str, tuple]:
+    """The settings ``config`` changes against a run's ``saved`` ones (its checkpoint's TrainConfig),
+    as ``{field: (saved, new)}``, for a resume at ``step``. Raises ValueError, naming each, for a change
+    to a setting that defines the run, and for a ``max_steps`` the run is already past."""
+    if saved is None:  # a checkpoint saved without its training settings: nothing to hold them to
+        return {}
+    changes = {f.name: (saved[f.name], getattr(config, f.name)) for f in fields(TrainConfig)
+               if f.name in saved and saved[f.name] != getattr(config, f.name)}
+    fixed = {k: v for k, v in changes.items() if k not in RESUME_ADJUSTABLE}
+    if fixed:
+        shown = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in fixed.items())
+        raise ValueError(f"cannot resume {where} with other settings that define the run: {shown}. A resume "
+                         f"continues the run as it was (leave these out: `python -m lmkit train --resume RUN` "
+                         f"without those flags, or config=None / TrainConfig.from_dict(read_info(RUN).train_config) "
+                         f"in Python); to train on with other settings, start a new run from its weights "
+                         f"(lmkit.checkpoint.load). Only {', '.join(RESUME_ADJUSTABLE)} may change on resume")
+    if config.max_steps < step:
+        raise ValueError(f"cannot resume {where}: the run is already at step {step}, past max_steps="
+                         f"{config.max_steps}; give a max_steps above {step} to train on")
+    return changes
+
+
+def check_token_range(dataset, vocab_size: int, name: str) -> None:
+    """Refuse a dataset holding token ids the model has no embedding for (ValueError naming it)."""
+    tokens = getattr(dataset, "data", None)
+    if tokens is None or not len(tokens):
+        return
+    top = int(tokens.max())
+    if top >= vocab_size or int(tokens.min()) < 0:
+        where = getattr(dataset, "path", None) or f"the {name} data"
+        raise ValueError(f"{where} holds token id {top}, but the model's vocabulary has {vocab_size} ids "
+                         f"(0..{vocab_size - 1}); the data was prepared with another tokenizer: prepare it again "
+                         f"with this model's tokenizer, or train a model of that vocabulary")
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on Linear weight matrices only: norms, biases and embeddings are left alone."""
     no_decay_types = (torch.nn.Embedding, torch.nn.LayerNorm)
@@ -125,6 +168,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 class TrainingTerminated(RuntimeError):
     """Training stopped on SIGTERM after saving a checkpoint (the message names it)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the command line when Ctrl-C stopped a run: it saved, but did not finish (exit 130)."""
 
 
 def _install_stop_handlers(stop: dict) -> dict:
@@ -162,12 +209,27 @@ class Trainer:
     """Train ``model`` on ``train_data``; evaluate on ``val_data``; checkpoint into ``run_dir``.
 
     ``trainer.train()`` returns the metric history as a DataFrame (also ``trainer.metrics``).
-    ``resume_from`` (a checkpoint or run folder) restores weights, optimizer, RNG states and step,
-    so the resumed run continues with exactly the batches and dropout masks it would have had.
+    ``resume_from`` (a checkpoint or run folder) continues that run: weights, optimizer, RNG states
+    and step are restored, so it goes on with exactly the batches and dropout masks it would have
+    had. Its settings are the checkpoint's: ``config=None`` takes them as they are; a ``config``
+    that changes one of ``RESUME_ADJUSTABLE`` (``max_steps``, intervals, device, ...) is applied with
+    a warning and recorded in ``config.json``, one that changes any other setting is refused (see
+    ``resume_changes``). A ``tokenizer`` must be the run's own, and the data's token ids must fit the
+    model's vocabulary.
     """
 
-    def __init__(self, model, config: TrainConfig, train_data, val_data=None, *, tokenizer=None,
+    def __init__(self, model, config: TrainConfig | None, train_data, val_data=None, *, tokenizer=None,
                  run_dir=None, callbacks=(), resume_from=None, parent: str | None = None):
+        info = ckpt.read_info(resume_from) if resume_from is not None else None
+        if config is None:
+            if info is None or info.train_config is None:
+                raise ValueError("config=None takes the settings of the checkpoint being resumed; pass a "
+                                 "TrainConfig" + ("" if info is None else f" ({info.path} holds no training settings)"))
+            config = TrainConfig.from_dict(info.train_config)
+        self.resume_changes = resume_changes(info.train_config, config, info.step, info.path) if info else {}
+        for name, data in (("training", train_data), ("validation", val_data)):
+            if data is not None:
+                check_token_range(data, ckpt.unwrap(model).config.vocab_size, name)
         self.config = cfg = config
         self.dist, self.device = init_distributed(cfg.device)
         if self.device.type == "cuda":
@@ -182,6 +244,8 @@ class Trainer:
         self.history: list[dict] = []
         self.interrupted = False
         self._resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self._history_log_interval: int | None = None  # the resumed run's own, for rows rewritten from history
         self.batch_generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         if self.run_dir is not None and self.dist.is_main and self.run_dir.is_dir():
@@ -190,8 +254,8 @@ class Trainer:
         if resume_from is None and self.run_dir is not None and ckpt.list_checkpoints(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds checkpoints of an earlier run; start a fresh folder "
                              f"(lmkit.runs.new_run) or pass resume_from={str(self.run_dir)!r} to continue it")
-        if resume_from is not None:
-            self._restore(resume_from)
+        if info is not None:
+            self._restore(info)
         else:
             torch.manual_seed(cfg.seed + self.dist.rank)  # dropout masks
         self._ddp = None
@@ -348,6 +412,7 @@ class Trainer:
         path = ckpt.save(path, self.model, self.tokenizer, step=self.step, train_config=self.config.to_dict(),
                          trainer_state=state, metrics=self.history, parent=self.parent)
         self._apply_retention(keep=path)
+        self.last_checkpoint = path
         self._emit("on_checkpoint", path)
         return path
 
@@ -359,13 +424,18 @@ class Trainer:
             if old != keep and old != self._resumed_from:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _restore(self, path) -> None:
-        info = ckpt.read_info(path)
+    def _restore(self, info: ckpt.CheckpointInfo) -> None:
         if info.model_config != self.model.config:
             a, b = info.model_config.to_dict(), self.model.config.to_dict()
             diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
             raise ValueError(f"cannot resume from {info.path}: its model config differs from this model's "
                              f"(checkpoint vs model): {diff}")
+        saved_tokenizer = ckpt.load_tokenizer_of(info)
+        if saved_tokenizer is not None:
+            if self.tokenizer is not None:
+                ckpt.check_same_tokenizer(info, saved_tokenizer, self.tokenizer, "the tokenizer given to the Trainer")
+            else:
+                self.tokenizer = saved_tokenizer  # its checkpoints keep the run's tokenizer
         tensors, meta = ckpt.load_trainer_state(info.path)
         ckpt.load_weights(self.model, info.path, self.device)
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta))
@@ -384,6 +454,16 @@ class Trainer:
         self.history = [r for r in info.metrics if r.get("step", 0) <= self.step]
         self._resumed_from = info.path
         log.info("resumed from %s at step %d", info.path, self.step)
+        saved = TrainConfig.from_dict(info.train_config) if info.train_config else self.config
+        self._history_log_interval = saved.log_interval
+        for name, (old, new) in self.resume_changes.items():
+            if name == "progress":
+                continue
+            note = ""
+            if name == "max_steps" and self.config.lr_schedule != "constant":
+                note = (f" (the {self.config.lr_schedule} schedule now ends at step {new}: learning rate "
+                        f"{lr_at(self.step, saved):.3g} → {lr_at(self.step, self.config):.3g} at the next step)")
+            log.warning("resuming with %s %r → %r%s; recorded in the run's config.json", name, old, new, note)
 
     # ---------------------------------------------------------------------------------- records
     @property
@@ -394,13 +474,25 @@ class Trainer:
     def _start_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run(self.run_dir)
-        config = self.run_dir / "config.json"
-        if not config.exists():
-            config.write_text(json.dumps({"model": self.model.config.to_dict(), "train": self.config.to_dict()},
-                                         indent=1), encoding="utf-8")
-        # a resumed run keeps the rows up to its checkpoint; later ones belonged to the lost steps
-        rows = [r for r in self.history if "train_loss" not in r or r["step"] % self.config.log_interval == 0]
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        config_path = self.run_dir / "config.json"
+        config = _read_json_dict(config_path)
+        if not config or self._resumed_from is not None:
+            config.setdefault("model", self.model.config.to_dict())
+            config["train"] = self.config.to_dict()
+            if self._resumed_from is not None:
+                config.setdefault("resumes", []).append(
+                    {"from": str(self._resumed_from), "step": self.step,
+                     "changed": {k: list(v) for k, v in self.resume_changes.items()}})
+            write_json_atomic(config_path, config)
+        metrics = self.run_dir / "metrics.jsonl"
+        if self._resumed_from is not None and metrics.is_file():
+            # a resumed run keeps its rows up to the checkpoint as they were; later ones belonged to lost steps
+            lines = [line for line in metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+                     if _row_step(line) is not None and _row_step(line) <= self.step]
+        else:  # a new folder (or a run resumed into one without metrics): rows as the run logged them
+            every = self._history_log_interval or self.config.log_interval
+            lines = [json.dumps(r) + "\n" for r in self.history if "train_loss" not in r or r["step"] % every == 0]
+        write_bytes_atomic(metrics, "".join(lines).encode("utf-8"))
 
     def _record(self, row: dict, write: bool) -> None:
         self.history.append(row)
@@ -411,3 +503,26 @@ class Trainer:
     def _emit(self, event: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
+
+
+def _row_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not a complete row (a torn write)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _read_json_dict(path: Path) -> dict:
+    """A JSON object from ``path``; empty when the file is missing (a run folder made by hand)."""
+    if not path.is_file():
+        return {}
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} holds {type(found).__name__}, not a JSON object; fix or delete it")
+    return found

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -117,3 +118,12 @@ def test_resume_continues_the_same_run(prepared, tmp_path, capsys):
     assert main(["train", "--data", str(prepared), "--resume", str(run), *longer]) == 0
     assert [p.name for p in runs.iterdir()] == [run.name]
     assert "step_000009" in {p.name for p in (run / "checkpoints").iterdir()}
+
+
+def test_train_puts_its_run_where_lmkit_runs_dir_says_like_run_and_sweep(prepared, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    done = subprocess.run([sys.executable, "-m", "lmkit", "train", "--data", str(prepared), *TINY],
+                          cwd=tmp_path, env={**os.environ, "LMKIT_RUNS_DIR": str(elsewhere)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(elsewhere.iterdir())) == 1 and not (tmp_path / "runs").exists()
