@@ -88,6 +88,9 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
     """
     path = Path(path)
     model = unwrap(model)
+    if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"cannot save {path}: the tokenizer has {tokenizer.vocab_size} ids but the model's "
+                         f"vocabulary has {model.config.vocab_size}; save the tokenizer the model was built for")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -248,7 +251,7 @@ def load(path, device="cpu") -> tuple[GPT, object]:
                          f"language model; load it with lmkit.checkpoint.load_classifier(path)")
     model = GPT(info.model_config)
     load_weights(model, info.path, device)
-    return model.to(device).eval(), _load_tokenizer(info.path)
+    return model.to(device).eval(), load_tokenizer_of(info)
 
 
 def load_classifier(path, device="cpu"):
@@ -275,19 +278,26 @@ def load_classifier(path, device="cpu"):
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info.path / 'config.json'}: bad classifier settings ({e!r})") from None
     load_weights(model, info.path, device)
-    return model.to(device).eval(), _load_tokenizer(info.path), list(model.labels)
-
-
-def _load_tokenizer(path: Path):
-    from .tokenizer import tokenizer_from_dict
-
-    tok_path = path / "tokenizer.json"
-    return tokenizer_from_dict(_read_json(tok_path)) if tok_path.exists() else None
+    return model.to(device).eval(), load_tokenizer_of(info), list(model.labels)
 
 
 def load_tokenizer_of(info: CheckpointInfo):
-    """The tokenizer saved with a checkpoint (verified by ``read_info``), or None."""
-    return _load_tokenizer(info.path)
+    """The tokenizer saved with a checkpoint (verified by ``read_info``), or None. One whose vocabulary
+    is not the model's is refused: its ids would index embeddings that do not exist, or leave some unused."""
+    from .tokenizer import tokenizer_from_dict
+
+    tok_path = info.path / "tokenizer.json"
+    if not tok_path.exists():
+        return None
+    try:
+        tokenizer = tokenizer_from_dict(_read_json(tok_path))
+    except ValueError as e:
+        raise CheckpointError(f"{tok_path}: not a valid tokenizer ({e})") from None
+    if tokenizer.vocab_size != info.model_config.vocab_size:
+        raise CheckpointError(f"{tok_path}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
+                              f"has {info.model_config.vocab_size}; the checkpoint is inconsistent (was tokenizer.json "
+                              f"replaced?): use one saved by lmkit")
+    return tokenizer
 
 
 def check_same_tokenizer(info: CheckpointInfo, saved, other, what: str) -> None:

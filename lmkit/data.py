@@ -631,5 +631,10 @@ def load_prepared(
                 f"{folder / f'{split}.bin'} has {len(ds):,} tokens but meta.json says {meta[f'{split}_tokens']:,}; "
                 "prepare the folder again"
             )
+        top = int(ds.data.max())
+        if top >= tok.vocab_size:  # an embedding lookup would fail at the first step
+            raise ValueError(f"{folder / f'{split}.bin'} holds token id {top}, outside the tokenizer's "
+                             f"{tok.vocab_size} ids (0..{tok.vocab_size - 1}); the file does not belong to this "
+                             f"folder's tokenizer: prepare the folder again")
         datasets.append(ds)
     return datasets[0], datasets[1], tok, meta

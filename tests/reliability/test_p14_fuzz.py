@@ -1,7 +1,6 @@
 """14. Random bytes fed to every loader (tokenizer JSON, meta.json, checkpoint files, corpus files)
 raise only the documented exceptions. Seeded and bounded in time."""
 
-import json
 import random
 import time
 
@@ -9,10 +8,10 @@ import pytest
 
 from lmkit import CharTokenizer, data
 from lmkit import checkpoint as ckpt
-from lmkit.files import sha256
 from lmkit.tokenizer import load_tokenizer
 
 from ..conftest import make_model
+from . import forge
 
 DOCUMENTED = (ValueError, FileNotFoundError)  # CheckpointError is a ValueError
 BUDGET_S = 1.5  # per loader
@@ -72,9 +71,7 @@ def test_fuzz_checkpoint_files(tmp_path, name, reseal):
 
     def fix_manifest():  # a forger who also rewrites the hashes reaches the parsers behind them
         if reseal and name != "manifest.json":
-            manifest = json.loads((path / "manifest.json").read_text())
-            manifest["files"][name] = {"sha256": sha256(target), "bytes": target.stat().st_size}
-            (path / "manifest.json").write_text(json.dumps(manifest))
+            forge.reseal(path, name)
 
     fuzz(target, target.read_bytes(), lambda: ckpt.load(path), seed=3, after_write=fix_manifest)
 
