@@ -19,6 +19,7 @@ final name. Only safetensors and JSON are read back: a pickle inside a checkpoin
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .files import fsync_dir, fsync_tree, sha256, swap_into_place
+from .files import check_shape, fsync_dir, fsync_tree, sha256, swap_into_place
 from .model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,35 @@ STEP_DIR = re.compile(r"^step_(\d+)(?:_(\w+))?$")
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, corrupted or of an unknown format."""
+
+
+# The shape of each JSON file of a checkpoint (JSON Schema): read back, every file is checked against
+# its schema before any value in it is used, so a hand-edited or forged file is refused with its field.
+_INT0 = {"type": "integer", "minimum": 0}
+MANIFEST_SCHEMA = {"type": "object", "required": ["format", "files"], "properties": {
+    "format": {"const": FORMAT}, "files": {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["sha256", "bytes"],
+        "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "bytes": _INT0}}}}}
+CONFIG_SCHEMA = {"type": "object", "required": ["format", "step", "model"], "properties": {
+    "format": {"const": FORMAT}, "step": _INT0, "model": {"type": "object"}, "train": {"type": ["object", "null"]},
+    "parent": {"type": ["string", "null"]}, "task": {"enum": ["lm", "classification"]},
+    "classifier": {"type": ["object", "null"]}}}
+METRICS_SCHEMA = {"type": "array", "items": {"type": "object", "required": ["step"], "properties": {"step": _INT0}}}
+_NUMBER = {"type": "number"}
+_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}  # a Mersenne Twister state word
+TRAINER_STATE_SCHEMA = {"type": "object", "required": ["param_groups", "scalars", "numpy", "python", "step"],
+                        "properties": {
+    "param_groups": {"type": "array", "items": {"type": "object", "required": ["params", "lr"], "properties": {
+        "params": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**31}},
+        "lr": _NUMBER, "weight_decay": _NUMBER, "eps": _NUMBER,
+        "betas": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}}},
+    "scalars": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _NUMBER}},
+    "numpy": {"type": "array", "prefixItems": [{"const": "MT19937"}, {"type": "integer", "minimum": 0, "maximum": 624},
+                                               {"enum": [0, 1]}, _NUMBER], "items": False, "minItems": 4},
+    "python": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0, "maximum": 9}, {
+        "type": "array", "items": _UINT32, "minItems": 625, "maxItems": 625}, {"type": ["number", "null"]}],
+               "items": False, "minItems": 3},
+    "step": {"type": "integer", "minimum": 0, "maximum": 2**62}, "world_size": {"type": "integer", "minimum": 1}}}
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,16 @@ class CheckpointInfo:
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
 
+
+
+def _write_tensors(write, path: Path) -> None:
+    """Run a safetensors ``write``; its failure (a full disk, no permission) becomes the OSError it is,
+    with the errno safetensors reports, so callers see one kind of error for every write."""
+    try:
+        write()
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write tensors ({e})", str(path)) from None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -95,7 +135,7 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        _write_tensors(lambda: save_model(model, str(tmp / "model.safetensors")), path)
         config = {"format": FORMAT, "step": step, "model": model.config.to_dict(), "train": train_config,
                   "parent": parent}
         if hasattr(model, "classifier_config"):
@@ -108,8 +148,8 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
             _write_json(tmp / "metrics.json", metrics)
         if trainer_state is not None:
             tensors, meta = trainer_state
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                      str(tmp / "trainer_state.safetensors"))
+            _write_tensors(lambda: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                             str(tmp / "trainer_state.safetensors")), path)
             _write_json(tmp / "trainer_state.json", meta)
         files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         _write_json(tmp / MANIFEST, {"format": FORMAT, "files": files})
@@ -137,16 +177,17 @@ def verify(path) -> None:
         raise CheckpointError(f"{path}: no {MANIFEST}; the checkpoint is incomplete (its save was interrupted)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        if manifest.get("format") != FORMAT or not isinstance(files, dict):
-            raise ValueError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{manifest_path}: not a valid {FORMAT} manifest") from None
+    files = check_shape(manifest, MANIFEST_SCHEMA, manifest_path, CheckpointError)["files"]
     for name, entry in files.items():
         f = path / name
-        if "/" in name or name.startswith(".") or not f.is_file():
+        if "/" in name or name.startswith(".") or not (f.is_file() or f.is_symlink()):
             raise CheckpointError(f"{path}: file {name!r} listed in the manifest is missing")
-        if f.stat().st_size != entry.get("bytes") or sha256(f) != entry.get("sha256"):
+        if f.is_symlink():  # its content would live elsewhere, out of the checkpoint's keeping
+            raise CheckpointError(f"{f}: is a symbolic link (to {os.readlink(f)}); a checkpoint holds its own "
+                                  f"files: copy the real file in its place")
+        if f.stat().st_size != entry["bytes"] or sha256(f) != entry["sha256"]:
             raise CheckpointError(f"{f}: SHA-256 does not match the manifest; the file is corrupted")
 
 
@@ -230,12 +271,14 @@ def read_info(path) -> CheckpointInfo:
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'config.json'}: format {cfg.get('format') if isinstance(cfg, dict) else cfg!r}"
                               f" is not {FORMAT}")
+    check_shape(cfg, CONFIG_SCHEMA, path / "config.json", CheckpointError)
     try:
         model_config = GPTConfig.from_dict(cfg["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else []
-    return CheckpointInfo(path, int(cfg.get("step", 0)), model_config, cfg.get("train"), cfg.get("parent"), metrics,
+    check_shape(metrics, METRICS_SCHEMA, path / "metrics.json", CheckpointError)
+    return CheckpointInfo(path, int(cfg["step"]), model_config, cfg.get("train"), cfg.get("parent"), metrics,
                           cfg.get("task", "lm"), cfg.get("classifier"))
 
 
@@ -333,7 +376,18 @@ def load_trainer_state(path) -> tuple[dict, dict]:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: cannot read ({e})") from None
-    return tensors, _read_json(path / "trainer_state.json")
+    meta = check_shape(_read_json(path / "trainer_state.json"), TRAINER_STATE_SCHEMA, path / "trainer_state.json",
+                       CheckpointError)
+    expected = {"rng.torch": torch.get_rng_state(), "rng.batch": torch.Generator().get_state()}
+    for key, like in expected.items():  # torch.set_rng_state takes nothing else
+        found = tensors.get(key)
+        if found is None or found.dtype != like.dtype or found.shape != like.shape:
+            raise CheckpointError(f"{file}: {key} is {'missing' if found is None else f'{found.dtype} {tuple(found.shape)}'}"
+                                  f", not a {like.dtype} {tuple(like.shape)} generator state")
+    numpy_keys = tensors.get("rng.numpy")
+    if numpy_keys is None or numpy_keys.shape != (624,):
+        raise CheckpointError(f"{file}: rng.numpy is not numpy's 624-word generator state")
+    return tensors, meta
 
 
 # ------------------------------------------------------------------------- optimizer and RNG state
@@ -382,7 +436,7 @@ def restore_rng(tensors: dict, meta: dict) -> None:
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    kind, pos, has_gauss, cached = meta["numpy"]  # JSON may give 3.0 for 3: the setters take ints only
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate((int(version), tuple(int(x) for x in internal), None if gauss is None else float(gauss)))

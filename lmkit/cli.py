@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import inspect
 import json
 import logging
@@ -18,11 +19,18 @@ from pathlib import Path
 
 from . import checkpoint, data, runs
 from .device import auto_device, autocast_dtype, init_distributed, seed_everything
-from .evaluate import evaluate_checkpoint, lm_loss, sample_texts
+from .evaluate import evaluate_checkpoint, lm_loss, sample_texts, stream_text
 from .logs import show_logs
 from .model import GPT, GPTConfig
 from .params import convert
-from .trainer import TrainConfig, Trainer, TrainingInterrupted, TrainingTerminated, resume_changes
+from .trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    TrainingTerminated,
+    check_first_step_fits,
+    resume_changes,
+)
 
 log = logging.getLogger("lmkit")
 
@@ -66,7 +74,10 @@ def read_config_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}); give a JSON or YAML file") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -136,7 +147,8 @@ def cmd_train(args) -> Path:
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.vocab_size)
     if info is not None:
         checkpoint.check_same_tokenizer(info, checkpoint.load_tokenizer_of(info), tok, f"the data in {folder}")
-    dist_info, _ = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
+    dist_info, device = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
+    check_first_step_fits(model_cfg, train_cfg, device)  # before a run folder exists
     run_dir = _run_folder_of(info) if info is not None else None
     if run_dir is None and dist_info.is_main:
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": {"path": str(folder), **{
@@ -226,13 +238,31 @@ def report(model, tok, val_ds, meta, run_dir: Path | None = None, num_samples: i
     return result
 
 
+MAX_NEW_TOKENS = 100_000  # above this `sample` asks for --no-limit: minutes to hours of output on a CPU
+
+
 def cmd_sample(args) -> list[str]:
+    """Samples of a checkpoint: one is printed as it is generated, several each when done."""
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples} must be at least 1")
+    if args.max_new_tokens > MAX_NEW_TOKENS and not args.no_limit:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens:,} is above the limit of {MAX_NEW_TOKENS:,} "
+                         f"(at a few hundred tokens a second on a CPU that is hours); pass --no-limit to "
+                         f"generate that many anyway")
     model, tok = checkpoint.load(args.checkpoint)
     if tok is None:
         raise ValueError(f"{args.checkpoint} holds no tokenizer, so text cannot be encoded")
-    texts = sample_texts(model, tok, args.prompt.replace("\\n", "\n"), n=args.num_samples,
-                         seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p)
+    prompt = args.prompt.replace("\\n", "\n")
+    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p)
+    if args.num_samples == 1:
+        pieces = []
+        for piece in stream_text(model, tok, prompt, seed=args.seed, **settings):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print()
+        return ["".join(pieces)]
+    texts = sample_texts(model, tok, prompt, n=args.num_samples, seed=args.seed, **settings)
     print("\n---\n".join(texts))
     return texts
 
@@ -374,6 +404,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability p")
     s.add_argument("--num-samples", type=int, default=1, help="independent samples")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
+    s.add_argument("--no-limit", action="store_true",
+                   help=f"allow more than {MAX_NEW_TOKENS:,} new tokens (a long wait: the text appears as it comes)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character on a whole validation split",
@@ -386,6 +418,24 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space (a run keeps its newest complete checkpoint; continue it "
+                  "with `train --resume RUN`)",
+    errno.EDQUOT: "the disk quota is used up: free some space (then `train --resume RUN` continues a run)",
+    errno.EACCES: "no permission to write there: choose another folder (--runs-root, --out) or fix its permissions",
+    errno.EPERM: "not permitted there: choose another folder (--runs-root, --out)",
+    errno.EROFS: "the file system is read-only: choose another folder (--runs-root, --out)",
+    errno.ENOTDIR: "part of that path is a file, not a folder: choose another folder",
+    errno.EISDIR: "that is a folder, not a file",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed read or write: the path, what the system said, and the fix."""
+    return (f"{e.filename or 'a file'}: {e.strerror or e}; "
+            f"{OS_ERROR_FIXES.get(e.errno, 'check the path and try again')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     show_logs(info_stream="stderr")  # lmkit's messages only; stdout keeps what a command prints
     args = make_parser().parse_args(argv)
@@ -396,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (runs.PipelineError, RunsFailed) as e:  # a notebook failed mid-run; earlier outputs stay
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the file system said no: say where, and what to do
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .files import sha256, swap_into_place
+from .files import check_shape, sha256, swap_into_place
 from .tokenizer import EOT, BPETokenizer, CharTokenizer, TokenizerBase, load_tokenizer, token_dtype
 
 logger = logging.getLogger(__name__)
@@ -403,14 +403,25 @@ def _encode_split(tok: TokenizerBase, docs: list[Document], dtype: np.dtype) -> 
     return np.concatenate(parts), chars
 
 
+PREPARED_FILES = ("meta.json", "tokenizer.json", "train.bin", "val.bin")  # all that prepare_dataset writes
+
+
 def _check_out_dir(out_dir: Path) -> None:
+    """An ``out_dir`` that may be (re)written: new, empty, or a prepared dataset with nothing else in it
+    (it is replaced whole, so anything else there would be lost)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {out_dir} is a file; pass a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "meta.json").is_file():
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / "meta.json").is_file():
         raise ValueError(
             f"out_dir {out_dir} is not empty and holds no meta.json, so it is not a prepared dataset "
             "that may be replaced; pass a new or empty folder"
         )
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in PREPARED_FILES)
+    if others:
+        raise ValueError(f"out_dir {out_dir} is a prepared dataset but also holds {others[:5]}, which replacing it "
+                         f"would delete; move them out, or pass another folder")
 
 
 def _check_block_size(block_size: int | None) -> None:
@@ -506,6 +517,16 @@ def _write_prepared(out_dir: Path, splits: dict, tok: TokenizerBase, meta: dict)
         swap_into_place(staging, out_dir, Path(tmp) / "old")
 
 
+_COUNT = {"type": "integer", "minimum": 0}
+META_SCHEMA = {"type": "object", "properties": {  # meta.json as prepare_dataset writes it
+    "dtype": {"enum": ["uint16", "uint32"]}, "vocab_size": {"type": "integer", "minimum": 1},
+    "tokenizer": {"type": "string"}, "separator": {"type": "string"},
+    "train_tokens": _COUNT, "val_tokens": _COUNT, "train_chars": _COUNT, "val_chars": _COUNT,
+    "train_docs": {"type": "array", "items": {"type": "string"}}, "val_docs": {"type": "array", "items": {"type": "string"}},
+    "source": {"type": "string"}, "seed": {"type": "integer"}, "val_fraction": {"type": "number"},
+    "block_size": {"type": ["integer", "null"]}}}
+
+
 def read_meta(folder: str | os.PathLike) -> dict:
     """The ``meta.json`` of a prepared folder; ValueError naming the folder if missing or invalid."""
     folder = Path(folder)
@@ -523,7 +544,7 @@ def read_meta(folder: str | os.PathLike) -> dict:
     missing = [k for k in ("dtype", "vocab_size", "train_tokens", "val_tokens") if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks keys {missing}; {fix}")
-    return meta
+    return check_shape(meta, META_SCHEMA, path)
 
 
 # ---------------------------------------------------------------------------------------------

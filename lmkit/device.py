@@ -25,8 +25,23 @@ PEAK_FLOPS = {
 }
 
 
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device_name(requested) -> None:
+    """Refuse a device name lmkit cannot use (ValueError): ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
+    Whether this machine has it is ``auto_device``'s question."""
+    kind, _, index = str(requested).partition(":") if isinstance(requested, str) else ("", "", "")
+    if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device={requested!r} is not a device lmkit can use; use 'auto' (cuda > mps > cpu), "
+                         f"'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def auto_device(requested: str = "auto") -> torch.device:
-    """``"auto"`` picks cuda > mps > cpu; anything else is passed to ``torch.device`` after a check."""
+    """``"auto"`` picks cuda > mps > cpu; anything else is checked (``check_device_name``, and that this
+    machine has it) and passed to ``torch.device``."""
+    if not isinstance(requested, torch.device):
+        check_device_name(requested)
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -36,6 +51,10 @@ def auto_device(requested: str = "auto") -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={requested!r} but CUDA is not available here; use device='auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={requested!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={requested!r} but MPS (Apple GPU) is not available here; use 'auto' or 'cpu'")
     return device
 
 
@@ -70,6 +89,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on ``device``: free GPU memory on CUDA, available RAM on the
+    CPU and on MPS (which shares it); None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def gib(n_bytes: float) -> str:
+    """``n_bytes`` for a person: ``1.5 GB``, ``512 MB``, ``3.2 TB`` (powers of 1024)."""
+    if n_bytes >= 1 << 60:  # beyond any machine (and beyond a float, for a forged config's sizes)
+        return f"~10^{len(str(int(n_bytes))) - 1} bytes"
+    for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:,.1f} {unit}"
+    return f"{n_bytes / 1024:.0f} kB"
 
 
 def peak_flops(device: torch.device) -> float | None:

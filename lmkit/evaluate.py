@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,9 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -
     T = min(block_size, n_tokens - 1)
     if T < 1:
         raise ValueError(f"need at least 2 tokens to evaluate, got {n_tokens}")
-    stride = stride or T
-    if not 1 <= stride <= T:
+    if stride is None:
+        stride = T
+    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or not 1 <= stride <= T:
         raise ValueError(f"stride={stride} must be in [1, {T}] (the window length); a larger one skips tokens")
     starts = sorted(set(range(0, n_tokens - 1 - T, stride)) | {n_tokens - 1 - T})
     windows, covered = [], 0  # target positions 1..covered are already scored
@@ -76,6 +77,8 @@ def bits_per_char(loss: float, tokens: int, chars: int) -> float:
 def _scored_windows(model, tokens: np.ndarray, stride: int | None, batch_size: int, device, progress: bool):
     """Yield ``(logits (B, T, V) float32, targets (B, T))`` over ``sliding_windows``; targets already
     scored by an earlier window are -100, so every token after the first counts exactly once."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (windows per forward pass)")
     T = model.config.block_size
     windows = sliding_windows(len(tokens), T, stride)
     T = min(T, len(tokens) - 1)
@@ -124,6 +127,30 @@ def sample_texts(model, tokenizer, prompt: str = "\n", n: int = 1, seed: int = 0
     out = model.generate(ids, generator=generator, **generate_kwargs)
     model.train(was_training)
     return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def stream_text(model, tokenizer, prompt: str = "\n", seed: int = 0, **generate_kwargs) -> Iterator[str]:
+    """One sampled continuation of ``prompt``, as text pieces the moment their tokens are sampled
+    (``GPT.stream``): the prompt first, then the new text. A token that ends inside a multi-byte
+    character (byte-level BPE) waits for the rest of it, so every piece is whole text."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        yield prompt
+        pending: list[int] = []
+        for next_id in model.stream(ids, generator=generator, **generate_kwargs):
+            pending.append(int(next_id[0, 0]))
+            text = tokenizer.decode(pending)
+            if not text.endswith("\ufffd") or len(pending) >= 4:  # 4 bytes: the longest UTF-8 character
+                yield text
+                pending = []
+        if pending:
+            yield tokenizer.decode(pending)
+    finally:
+        model.train(was_training)
 
 
 def classification_metrics(y_true, y_pred, probabilities=None, labels=None) -> dict:

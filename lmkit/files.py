@@ -68,3 +68,17 @@ def swap_into_place(new: Path, dest: Path, trash: Path) -> None:
         if trash.exists():
             os.replace(trash, dest)
         raise
+
+
+def check_shape(obj: Any, schema: dict, path, error: type[Exception] = ValueError) -> Any:
+    """``obj`` (JSON read from ``path``) if it has the shape ``schema`` describes (JSON Schema, draft
+    2020-12); else ``error`` naming the file, the field and what is wrong, so well-formed JSON of the
+    wrong shape is refused at the door instead of failing deep inside the code that trusts it."""
+    from jsonschema import Draft202012Validator
+
+    problem = next(iter(sorted(Draft202012Validator(schema).iter_errors(obj), key=lambda e: list(e.path))), None)
+    if problem is not None:
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.path).lstrip(".") or "the file"
+        message = problem.message if len(problem.message) <= 200 else problem.message[:200] + "…"
+        raise error(f"{path}: {field}: {message}; the file is not as lmkit writes it")
+    return obj

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import available_memory, gib
+
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k, v), each (B, nh, S, hs)
 
 
@@ -76,8 +78,11 @@ class GPTConfig:
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"choose n_embd as a multiple of n_head (e.g. {self.n_head * max(1, self.n_embd // self.n_head)})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be in [0, 1)")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be a number in [0, 1)")
+        for name in ("bias", "norm_first", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} must be True or False")
         if self.pos_encoding not in ("learned", "sinusoidal", "rope"):
             raise ValueError(
                 f"GPTConfig.pos_encoding={self.pos_encoding!r}; use 'learned', 'sinusoidal' or 'rope'"
@@ -88,12 +93,22 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig: rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}"
             )
-        if self.attn_window is not None and (not isinstance(self.attn_window, int) or self.attn_window < 1):
+        if self.attn_window is not None and (not isinstance(self.attn_window, int) or isinstance(self.attn_window, bool)
+                                             or self.attn_window < 1):
             raise ValueError(f"GPTConfig.attn_window={self.attn_window!r} must be None or a positive integer")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    def parameter_count(self) -> int:
+        """Every parameter ``GPT(self)`` has, counted from the config alone (nothing is allocated)."""
+        C, b = self.n_embd, int(self.bias)
+        layer_norm = C * (1 + b)
+        block = 2 * layer_norm + (3 * C * C + 3 * C * b) + (C * C + C * b) + (4 * C * C + 4 * C * b) + (4 * C * C + C * b)
+        return (self.vocab_size * C + (self.block_size * C if self.pos_encoding == "learned" else 0)
+                + self.n_layer * block + (layer_norm if self.norm_first else 0)
+                + (0 if self.tie_weights else self.vocab_size * C))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +208,11 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig, got {type(cfg).__name__}")
+        need, have = 4 * cfg.parameter_count(), available_memory("cpu")  # float32 weights, made here on the CPU
+        if have is not None and need > have:
+            raise ValueError(f"{cfg} has {cfg.parameter_count():,} parameters: {gib(need)} of float32 weights, "
+                             f"but this machine has {gib(have)} of memory available; choose a smaller vocab_size, "
+                             f"n_embd, n_layer or block_size")
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
@@ -285,10 +305,20 @@ class GPT(nn.Module):
         uncached path does, so both give the same tokens.
         """
         idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        new = list(self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, generator=None):
+        """``generate``, one step at a time: yields each new token (B, 1) as soon as it is sampled."""
+        idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        yield from self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+
+    def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator):
         n = self.config.block_size
         if idx.size(1) > n:
             warnings.warn(f"prompt of {idx.size(1)} tokens is longer than block_size={n}; "
-                          f"generating from its last {n} tokens", stacklevel=2)
+                          f"generating from its last {n} tokens", stacklevel=3)
         past = None
         for _ in range(max_new_tokens):
             if past is not None and past[0][0].size(2) < n:
@@ -298,14 +328,17 @@ class GPT(nn.Module):
             past = out.past_key_values
             next_id = sample_next(out.logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)
-        return idx
+            yield next_id
 
     def _check_generate_args(self, idx, max_new_tokens, temperature, top_k, top_p):
         if not torch.is_tensor(idx):
             idx = torch.as_tensor(idx, dtype=torch.long, device=self.lm_head.weight.device)
         if idx.dim() == 1:
             idx = idx[None]
-        if idx.dim() != 2 or idx.size(1) == 0 or idx.dtype not in (torch.long, torch.int32):
+        if idx.dim() == 2 and idx.size(1) == 0:
+            raise ValueError("the prompt is empty: generation continues a text, so give it at least one token "
+                             "(a newline will do)")
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
             raise ValueError(f"generate needs a non-empty (B, T) tensor of token ids, got shape "
                              f"{tuple(idx.shape)} and dtype {idx.dtype}")
         if int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size:

@@ -28,6 +28,8 @@ def convert(name: str, value, type_name: str):
         if optional or kind == "None":
             return None
         raise ValueError(f"{name}: None is not allowed here; give a {kind}")
+    if kind in ("bool", "int", "float", "str") and isinstance(value, (list, tuple, dict, set)):
+        raise ValueError(f"{name}={value!r} is a {type(value).__name__}; give a single {kind}")
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -46,6 +48,6 @@ def convert(name: str, value, type_name: str):
             return float(value)
         if kind == "str":
             return str(value)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # int(float("inf")) overflows
         raise ValueError(f"{name}={value!r} is not a valid {kind}") from None
     return value

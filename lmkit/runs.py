@@ -130,7 +130,9 @@ def lock_run(run_dir) -> Path:
                 return path
             if owner and _alive(owner):
                 raise RunInUseError(f"{run_dir} is in use by process {owner} (lock {path}); wait for it to "
-                                    f"finish, or train into a fresh run folder (lmkit.runs.new_run)") from None
+                                    f"finish, or train into a fresh run folder (lmkit.runs.new_run). If no lmkit "
+                                    f"run is using it (process {owner} may be another program that got the pid of "
+                                    f"one that crashed), delete {path}") from None
             if not owner and age < LOCK_CLAIM_SECONDS:  # created an instant ago, its pid not written yet
                 raise RunInUseError(f"{run_dir} is being claimed by another process right now (lock {path}); "
                                     f"wait for it to finish, or train into a fresh run folder") from None

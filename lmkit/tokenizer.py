@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -88,27 +89,33 @@ def _check_id_range(arr: np.ndarray, vocab_size: int) -> None:
         )
 
 
+_CUT = re.compile(r"(?<=\S)\s")  # a whitespace character right after a non-space one
+
+
 def _safe_chunks(text: str, size: int | None = None) -> Iterator[str]:
     """Cut ``text`` into pieces of about ``size`` (default ``_CHUNK_CHARS``) characters that encode
     exactly like the whole.
 
-    Cuts fall only just before a newline that follows a non-space character: GPT-2's pre-tokenizer
-    regex never puts a non-space and a following space into one piece, so such a cut is always a
-    pre-token boundary and byte-level BPE (which merges only inside pre-tokens) gives the same ids.
-    A cut right after a newline would not be safe: ``"\\n  x"`` pre-tokenizes as ``"\\n "``, ``" x"``.
+    Cuts fall only just before a whitespace character that follows a non-space one (a newline where
+    there is one within the next ``size`` characters, else a space): GPT-2's pre-tokenizer regex never
+    puts a non-space and a following whitespace into one piece, so such a cut is always a pre-token
+    boundary and byte-level BPE (which merges only inside pre-tokens) gives the same ids. A cut right
+    after whitespace would not be safe: ``"\\n  x"`` pre-tokenizes as ``"\\n "``, ``" x"``. Cutting at
+    spaces too keeps a text without newlines (one 50 MB line) from reaching the trainer as a single
+    piece, which made its peak memory grow with the line.
     """
     size = size or _CHUNK_CHARS
     start = 0
     while len(text) - start > size:
-        cut = text.find("\n", start + size)
-        while cut != -1 and text[cut - 1].isspace():
-            cut = text.find("\n", cut + 1)
+        line_end = text.find("\n", start + size, start + 2 * size)
+        while line_end != -1 and text[line_end - 1].isspace():
+            line_end = text.find("\n", line_end + 1, start + 2 * size)
+        cut = line_end if line_end != -1 else (m.start() if (m := _CUT.search(text, start + size)) else -1)
         if cut == -1:
             break
         yield text[start:cut]
         start = cut
     yield text[start:]
-
 
 
 def _read_json_dict(path: str | os.PathLike) -> dict:
@@ -392,7 +399,7 @@ def tokenizer_from_dict(d: dict) -> TokenizerBase:
     if "type" not in d:
         raise ValueError(f"a tokenizer description needs a 'type' key ({' or '.join(_KINDS)}); got {_describe(d)}")
     kind = d["type"]
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"unknown tokenizer type {kind!r}; known types: {', '.join(_KINDS)}")
     return _KINDS[kind].from_dict(d)
 

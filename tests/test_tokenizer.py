@@ -195,3 +195,16 @@ def test_load_bad_file_is_value_error_naming_the_file(tmp_path, content, problem
 def test_load_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+def test_a_text_without_newlines_is_still_cut_into_pieces_that_encode_like_the_whole(monkeypatch):
+    """One long line (no newline to cut at) used to reach the BPE trainer as a single piece, and its
+    peak memory grew with the line (50 MB of Shakespeare on one line: 5.1 GB; cut at spaces: 0.4 GB,
+    as with its newlines). Cuts before a space or tab after a non-space keep the ids exact."""
+    text = "".join(f"word{i % 9}{' ' * (i % 3 + 1)}{chr(9) * (i % 2)}x{i}, " for i in range(2000))
+    assert "\n" not in text
+    monkeypatch.setattr(tokenizer_module, "_CHUNK_CHARS", 40)
+    pieces = list(tokenizer_module._safe_chunks(text))
+    assert len(pieces) > 100 and max(map(len, pieces)) < 120 and "".join(pieces) == text
+    tok = BPETokenizer.train([text], vocab_size=400)
+    assert tok.encode_array(text).tolist() == tok.encode(text)

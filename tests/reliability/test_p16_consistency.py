@@ -56,3 +56,48 @@ def test_the_trainer_refuses_data_the_model_has_no_embedding_for(token_data):
     train, val = token_data  # ids 0..10
     with pytest.raises(ValueError, match=r"token id 10, but the model's vocabulary has 8 ids"):
         Trainer(make_model(vocab_size=8), make_config(), train, val)
+
+
+def test_data_out_into_a_prepared_folder_with_other_files_is_refused_and_deletes_nothing(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 60)
+    out = tmp_path / "prepared"
+    assert main(["data", "--source", str(corpus), "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("my notes")
+    (out / "figures").mkdir()
+    before = {p.name for p in out.iterdir()}
+    assert main(["data", "--source", str(corpus), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "also holds ['figures', 'notes.txt']" in err and "would delete" in err
+    assert {p.name for p in out.iterdir()} == before and (out / "notes.txt").read_text() == "my notes"
+    (out / "notes.txt").unlink()
+    (out / "figures").rmdir()
+    assert main(["data", "--source", str(corpus), "--out", str(out)]) == 0  # lmkit's own files: replaced
+
+
+def test_a_checkpoint_file_that_links_outside_the_checkpoint_is_refused(tmp_path):
+    path = ckpt.save(tmp_path / "ckpt", make_model(), CharTokenizer.train("abcdefghijk"))
+    elsewhere = tmp_path / "elsewhere.json"
+    (path / "tokenizer.json").rename(elsewhere)
+    (path / "tokenizer.json").symlink_to(elsewhere)  # same bytes, same hash: only the link is wrong
+    with pytest.raises(ckpt.CheckpointError, match=r"tokenizer.json: is a symbolic link \(to .*elsewhere.json\)"):
+        ckpt.load(path)
+
+
+def test_a_lock_held_by_a_live_unrelated_process_says_how_to_clear_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lmkit.runs import RunInUseError, lock_run
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(stranger.pid))  # a pid reused by a program that is not lmkit
+        with pytest.raises(RunInUseError, match=rf"process {stranger.pid} may be another program.*delete "
+                                                rf"{tmp_path / '.lock'}"):
+            lock_run(tmp_path)
+        assert (tmp_path / ".lock").read_text() == str(stranger.pid) and os.getpid() != stranger.pid
+    finally:
+        stranger.kill()
+        stranger.wait()
