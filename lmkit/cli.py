@@ -13,6 +13,7 @@ import errno
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -447,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except (runs.PipelineError, RunsFailed) as e:  # a notebook failed mid-run; earlier outputs stay
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `lmkit sample ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except OSError as e:  # the file system said no: say where, and what to do
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 1

@@ -127,3 +127,17 @@ def test_train_puts_its_run_where_lmkit_runs_dir_says_like_run_and_sweep(prepare
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list(elsewhere.iterdir())) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_sample_into_a_pipe_that_closes_early_ends_quietly(prepared, tmp_path):
+    """``lmkit sample ... | head -c 40``: the text streams, and the reader's leaving is not an error."""
+    runs = tmp_path / "runs"
+    assert main(["train", "--data", str(prepared), "--runs-root", str(runs), *TINY]) == 0
+    (run,) = runs.iterdir()
+    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "sample", "--checkpoint", str(run), "--prompt", "To be",
+                             "--max-new-tokens", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = proc.stdout.read(40)  # streamed: there long before 100,000 tokens are done
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert head.startswith(b"To be") and "Traceback" not in err and "error" not in err, err

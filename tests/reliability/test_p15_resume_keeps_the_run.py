@@ -70,6 +70,7 @@ def test_resume_without_flags_keeps_the_runs_learning_rate_and_schedule(prepared
     (["--batch-size", "4"], "batch_size 2 → 4"),
     (["--seed", "7"], "seed 1337 → 7"),
     (["--n-layer", "2"], "another model (n_layer 1 → 2)"),
+    (["--max-steps", "10"], "already at step 20, past max_steps=10"),
 ])
 def test_a_resume_that_would_change_the_run_is_refused_before_anything_is_written(flags, named, prepared, tmp_path,
                                                                                  capsys):
