@@ -41,6 +41,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .params import is_int
+
 log = logging.getLogger(__name__)
 
 # Commonly used modules that exist on every platform and build of CPython, and whose import has no
@@ -221,7 +223,7 @@ def build_pairs(modules: Sequence[str] | None = None, *, max_per_module: int | N
     if foreign:
         raise ValueError(f"build_pairs takes standard-library modules only; {foreign} are not")
     for name, value in (("max_per_module", max_per_module), ("max_call_chars", max_call_chars)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (not is_int(value, 1)):
             raise ValueError(f"{name}={value!r} must be None or a positive integer")
     rows = []
     for module_name in modules:

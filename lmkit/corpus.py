@@ -73,7 +73,8 @@ def _check_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
     return table
 
 
-def _metadata_or_default(metadata: pd.DataFrame | None) -> pd.DataFrame:
+def metadata_or_default(metadata: pd.DataFrame | None) -> pd.DataFrame:
+    """``metadata`` checked (a table like ``shakespeare_metadata()``), or the Shakespeare table when None."""
     return shakespeare_metadata() if metadata is None else _check_table(metadata, "metadata")
 
 
@@ -83,7 +84,7 @@ def describe_documents(docs: Iterable[Document], metadata: pd.DataFrame | None =
     Title, edition, genre and work come from ``metadata`` (default: the Shakespeare table) where the
     document's name is a file stem listed there, NaN otherwise. Rows are sorted by name.
     """
-    meta = _metadata_or_default(metadata)
+    meta = metadata_or_default(metadata)
     rows = []
     for doc in docs:
         row = {"name": doc.name}
@@ -101,5 +102,5 @@ def work_groups(docs: Iterable[Document], metadata: pd.DataFrame | None = None) 
     Splitting by group rather than by document keeps both editions of a play on the same side of a
     train/validation split.
     """
-    works = _metadata_or_default(metadata)["work"]
+    works = metadata_or_default(metadata)["work"]
     return {doc.name: works.get(doc.name, doc.name) for doc in docs}

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .files import check_shape, sha256, swap_into_place
+from .params import is_int
 from .tokenizer import EOT, BPETokenizer, CharTokenizer, TokenizerBase, load_tokenizer, token_dtype
 
 logger = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def _check_fraction(val_fraction: Any) -> float:
 
 
 def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise ValueError(f"seed={seed!r} must be an int")
 
 
@@ -425,7 +426,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _check_block_size(block_size: int | None) -> None:
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+    if block_size is not None and (not is_int(block_size, 1)):
         raise ValueError(f"block_size={block_size!r} must be a positive int (or None to skip the check)")
 
 
@@ -559,7 +560,7 @@ class TokenDataset:
     """
 
     def __init__(self, path_or_array: str | os.PathLike | np.ndarray, block_size: int, dtype: str | None = None):
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        if not is_int(block_size, 1):
             raise ValueError(f"block_size={block_size!r} must be a positive int")
         self.block_size = block_size
         if isinstance(path_or_array, np.ndarray):
@@ -594,7 +595,7 @@ class TokenDataset:
         Offsets come from ``generator`` (a CPU ``torch.Generator``; the global RNG when None), so a
         seeded generator gives the same batches every run.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size, 1):
             raise ValueError(f"batch_size={batch_size!r} must be a positive int")
         T = self.block_size
         starts = torch.randint(len(self) - T, (batch_size,), generator=generator).numpy()

@@ -51,8 +51,9 @@ import numpy as np
 import pandas as pd
 from datasketch import MinHash, MinHashLSH
 
-from .corpus import _metadata_or_default
+from .corpus import metadata_or_default
 from .data import Document
+from .params import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def normalize_for_shingles(text: str, fold: bool = True) -> str:
 
 
 def _check_size(size: object, name: str = "size") -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not is_int(size, 1):
         raise ValueError(f"{name}={size!r} must be an int >= 1 (words or characters per shingle), e.g. 4")
 
 
@@ -179,7 +180,7 @@ def _check_threshold(threshold: object) -> float:
 
 
 def _check_num_perm(num_perm: object) -> None:
-    if isinstance(num_perm, bool) or not isinstance(num_perm, int) or num_perm < 16:
+    if not is_int(num_perm, 16):
         raise ValueError(f"num_perm={num_perm!r} must be an int >= 16 (more permutations, finer estimates), "
                          "e.g. 128")
 
@@ -225,7 +226,7 @@ def find_near_duplicates(
     threshold = _check_threshold(threshold)
     if not isinstance(fold, bool):
         raise ValueError(f"fold={fold!r} must be True or False")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise ValueError(f"seed={seed!r} must be an int")
     docs = list(docs)
     if not all(isinstance(d, Document) for d in docs):
@@ -304,7 +305,7 @@ def apply_dedup_policy(
     if missing:
         raise ValueError(f"cluster members {missing[:5]} are not among docs; pass the documents the result "
                          "was computed on (or run find_near_duplicates on these docs)")
-    editions = _metadata_or_default(metadata)["edition"]
+    editions = metadata_or_default(metadata)["edition"]
     removed_rows = []
     for cluster in result.clusters:
         if keep == "both":

@@ -1,4 +1,5 @@
-"""Where computation runs: device choice, mixed precision, seeding and the torchrun/DDP environment.
+"""Where computation runs: device choice, mixed precision, seeding, the torchrun/DDP environment, and
+what a piece of work costs there (``Measure``: wall time and peak memory).
 
 One place for what differs between a laptop CPU, an Apple GPU and an NVIDIA GPU (or several), so the
 trainer and the notebooks never branch on hardware themselves.
@@ -7,8 +8,11 @@ trainer and the notebooks never branch on hardware themselves.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,8 +130,6 @@ def measure_matmul_flops(device=None, size: int = 1024, repeats: int = 8) -> flo
     """FLOP/s of a square ``size`` matmul measured now (median of ``repeats``): fp32 on CPU, bf16 on
     CUDA. The reference for MFU where no published peak applies (a CPU reaches about this on large
     matmuls, so MFU against it says how much of the step is useful matmul work)."""
-    import time
-
     device = torch.device(device or "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -180,3 +182,70 @@ def init_distributed(device_request: str = "auto") -> tuple[DistInfo, torch.devi
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+def _release_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS, so RSS growth is measured from a low base."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: measure from wherever RSS is
+
+
+class Measure:
+    """Context manager: wall time and peak memory growth of the block it wraps.
+
+    After the block: ``wall_s``; ``peak_mb``, the peak memory above the level at entry; ``kind``,
+    what was measured. On CUDA that is ``torch.cuda.max_memory_allocated`` (exact; ``peak_total_mb``
+    also counts what was allocated before). Elsewhere it is the process's resident set size sampled
+    every ``interval`` seconds by a background thread with psutil: approximate, since it counts the
+    allocator's whole pages, misses peaks shorter than the interval, and memory that the allocator kept
+    from earlier work is reused without raising RSS (freed memory is trimmed at entry to limit that).
+    """
+
+    def __init__(self, device: str | torch.device | None = None, interval: float = 0.005):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.interval = interval
+        self.wall_s = self.peak_mb = self.peak_total_mb = float("nan")
+        self.kind = "cuda max_memory_allocated" if self.device.type == "cuda" else "process RSS (approximate)"
+
+    def __enter__(self) -> Measure:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            import psutil  # in requirements.txt, not a dependency of the package itself
+
+            _release_freed_memory()
+            process = psutil.Process()
+            self._base = self._peak = process.memory_info().rss
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self._peak = max(self._peak, process.memory_info().rss)
+                    self._stop.wait(self.interval)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_total_mb = peak / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            import psutil  # as in __enter__
+
+            peak = max(self._peak, psutil.Process().memory_info().rss)
+            self.peak_total_mb = peak / 2**20
+        self.wall_s = time.perf_counter() - self._t0
+        self.peak_mb = (peak - self._base) / 2**20
+
+    def as_dict(self) -> dict:
+        return {"wall_s": self.wall_s, "peak_mb": self.peak_mb, "memory": self.kind}

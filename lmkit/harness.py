@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .checkpoint import load
 from .evaluate import sliding_windows
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ class LmkitLM(lm_eval.api.model.LM):
         if (checkpoint is None) == (model is None):
             raise ValueError("give either checkpoint=PATH or model=GPT (with tokenizer=...), not both or neither")
         if checkpoint is not None:
-            from .checkpoint import load
-
             model, tokenizer = load(checkpoint, device or "cpu")
         if tokenizer is None:
             raise ValueError("LmkitLM needs the model's tokenizer (tokenizer=...); the checkpoint holds none")

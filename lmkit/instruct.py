@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .model import GPT
+from .params import is_int
 from .tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ class InstructionData:
             raise ValueError(f"got {len(prompts)} prompts and {len(answers)} answers; pass one answer per prompt")
         if not prompts:
             raise ValueError("InstructionData needs at least one (prompt, answer) pair")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        if not is_int(block_size, 1):
             raise ValueError(f"block_size={block_size!r} must be a positive integer")
-        if isinstance(pad_id, bool) or not isinstance(pad_id, int) or not 0 <= pad_id < tokenizer.vocab_size:
+        if not is_int(pad_id, 0, tokenizer.vocab_size - 1):
             raise ValueError(f"pad_id={pad_id!r} must be a token id in [0, {tokenizer.vocab_size})")
         self.block_size, self.pad_id = block_size, pad_id
         self.sequences: list[np.ndarray] = []  # prompt + answer ids, prompt cut from the left if needed
@@ -131,7 +132,7 @@ class InstructionData:
     def batch(self, batch_size: int, generator: torch.Generator | None = None,
               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` examples drawn with replacement using ``generator`` (a CPU torch.Generator)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size, 1):
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         rows = torch.randint(len(self), (batch_size,), generator=generator)
         return self.collate(rows.tolist(), device)
@@ -215,7 +216,7 @@ def generate_calls(model: GPT, tokenizer, instructions: Sequence[str], *, max_ne
     if len(newline) != 1:
         raise ValueError(f"the tokenizer must encode {ANSWER_END!r} as one token, got {newline}")
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value, 1):
             raise ValueError(f"{name}={value!r} must be a positive integer")
     block = model.config.block_size
     prompts = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+PosEncoding = Literal["learned", "sinusoidal", "rope"]  # GPT-2's table, Vaswani's sines, rotary (Su et al.)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 88  # the 88 characters of the Shakespeare corpus; set from the tokenizer
@@ -63,7 +67,7 @@ class GPTConfig:
     n_embd: int = 128  # width (C); 0.8M parameters at these defaults
     dropout: float = 0.0  # 8.5M training characters and 600 steps: no overfitting to fight
     bias: bool = True  # GPT-2 uses biases in Linear and LayerNorm
-    pos_encoding: str = "rope"  # "rope" reaches a given loss much sooner than "learned" (GPT-2) or "sinusoidal"
+    pos_encoding: PosEncoding = "rope"  # "rope" reaches a given loss much sooner than "learned" (GPT-2) or "sinusoidal"
     norm_first: bool = True  # pre-LN (GPT-2) trains stably without warm-up tricks; False = post-LN
     tie_weights: bool = True  # share wte with lm_head: fewer parameters, GPT-2's choice
     attn_window: int | None = None  # None = full causal attention; k = attend to the last k tokens
@@ -83,7 +87,7 @@ class GPTConfig:
         for name in ("bias", "norm_first", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} must be True or False")
-        if self.pos_encoding not in ("learned", "sinusoidal", "rope"):
+        if self.pos_encoding not in get_args(PosEncoding):
             raise ValueError(
                 f"GPTConfig.pos_encoding={self.pos_encoding!r}; use 'learned', 'sinusoidal' or 'rope'"
             )
@@ -380,6 +384,11 @@ class GPT(nn.Module):
                 p.copy_(w.t() if name.endswith(transposed) else w)
         return model
 
+    def checkpoint_config(self) -> dict:
+        """Entries of a checkpoint's config.json beside the GPTConfig: none for a language model (a
+        classifier built on one adds its task and head: ``lmkit.classifier.GPTClassifier``)."""
+        return {}
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; ``non_embedding`` leaves out position embeddings (the convention of
         Kaplan et al. 2020, where token embeddings count when tied to the output layer)."""
@@ -425,3 +434,12 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if top_k == 1:  # greedy: argmax, no random draw
         return probs.argmax(dim=-1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner

@@ -1,12 +1,22 @@
-"""Typed parameters from text: one conversion used by the CLI (dataclass fields) and by papermill
-runs (a notebook's ``parameters`` cell), so ``--n-layer 4`` and ``-p n_layer 4`` mean the same."""
+"""Typed parameters: one conversion from text used by the CLI (dataclass fields) and by papermill
+runs (a notebook's ``parameters`` cell), so ``--n-layer 4`` and ``-p n_layer 4`` mean the same; and
+``is_int``, the one test behind every "a positive int (not a bool)" check in lmkit."""
 
 from __future__ import annotations
 
+import numbers
 import re
 
 _OPTIONAL = re.compile(r"^(?:Optional\[(.+)\]|(.+?)\s*\|\s*None|None\s*\|\s*(.+))$")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def is_int(value, low: int | None = None, high: int | None = None) -> bool:
+    """``value`` is an integer (Python or numpy; ``True``/``False`` are not), and ``low <= value <= high``
+    where given. The callers raise their own message: it names the parameter and what it is for."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 def split_type(type_name: str) -> tuple[str, bool]:

@@ -27,7 +27,8 @@ from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 
-from .files import write_json_atomic
+from .files import read_json, write_json_atomic
+from .params import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -118,28 +119,6 @@ def _safe_chunks(text: str, size: int | None = None) -> Iterator[str]:
     yield text[start:]
 
 
-def _read_json_dict(path: str | os.PathLike) -> dict:
-    """Read a JSON object from ``path``; every way it can be wrong becomes a ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist; save one with tokenizer.save(path)")
-    fix = "re-create it with tokenizer.save(path)"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"tokenizer file {path} is not UTF-8 text (bad byte at offset {e.start}); {fix}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"tokenizer file {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; "
-            f"truncated?); {fix}"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"tokenizer file {path} holds a JSON {type(obj).__name__}, expected an object; {fix}")
-    return obj
-
-
 class TokenizerBase:
     """What every lmkit tokenizer offers; see ``CharTokenizer`` and ``BPETokenizer``."""
 
@@ -179,7 +158,7 @@ class TokenizerBase:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TokenizerBase:
         """Read a tokenizer saved with ``save``; ValueError naming the file if it is not one of ours."""
-        d = _read_json_dict(path)
+        d = read_json(path, "tokenizer file", "re-create it with tokenizer.save(path)")
         try:
             tok = tokenizer_from_dict(d)
         except ValueError as e:
@@ -315,12 +294,12 @@ class BPETokenizer(TokenizerBase):
         ``<|endoftext|>``, so it must be at least 257."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < _MIN_BPE_VOCAB:
+        if not is_int(vocab_size, _MIN_BPE_VOCAB):
             raise ValueError(
                 f"BPE vocab_size={vocab_size!r} is too small: the minimum is {_MIN_BPE_VOCAB} "
                 "(256 byte symbols + <|endoftext|>); use e.g. vocab_size=512"
             )
-        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        if not is_int(min_frequency, 1):
             raise ValueError(f"min_frequency={min_frequency!r} must be an int >= 1")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .params import is_int
 from .tokenizer import BPETokenizer, CharTokenizer, TokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def zipf_fit(
     log-log fit, and the rank range and number of points used.
     """
     ranks, counts = _rank_counts(freqs)
-    if isinstance(min_rank, bool) or not isinstance(min_rank, int | np.integer) or min_rank < 1:
+    if not is_int(min_rank, 1):
         raise ValueError(f"min_rank={min_rank!r} must be an int >= 1")
     if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int | np.integer)
                                  or max_rank < min_rank):

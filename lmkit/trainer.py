@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import pandas as pd
 import torch
@@ -36,11 +37,15 @@ from .device import (
     gib,
     init_distributed,
 )
-from .files import write_bytes_atomic, write_json_atomic
-from .model import GPTConfig
-from .runs import lock_run
+from .files import read_json, write_bytes_atomic, write_json_atomic
+from .model import GPTConfig, unwrap
+from .rundir import lock_run
 
 log = logging.getLogger(__name__)
+
+
+LrSchedule = Literal["cosine", "linear", "constant"]  # the decay after warm-up
+DType = Literal["auto", "float32", "bfloat16"]  # "auto": bf16 autocast on CUDA, fp32 elsewhere
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class TrainConfig:
     learning_rate: float = 3e-3  # peak; models this small train fastest at 1e-3..3e-3
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak (Chinchilla uses 0.1)
     warmup_steps: int = 50  # linear warm-up keeps early Adam updates from blowing up
-    lr_schedule: str = "cosine"  # "cosine" | "linear" | "constant" (after warm-up)
+    lr_schedule: LrSchedule = "cosine"  # "cosine" | "linear" | "constant" (after warm-up)
     weight_decay: float = 0.1  # on weight matrices only; not on norms, biases, embeddings
     beta1: float = 0.9
     beta2: float = 0.99  # 0.99 rather than 0.999: small batches give noisy second moments
@@ -62,7 +67,7 @@ class TrainConfig:
     checkpoint_interval: int | None = None  # None = checkpoint at every evaluation
     keep_last: int | None = None  # keep only the newest k checkpoints; None = keep all
     device: str = "auto"  # "auto" = cuda > mps > cpu
-    dtype: str = "auto"  # "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "float32" / "bfloat16"
+    dtype: DType = "auto"  # "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "float32" / "bfloat16"
     compile: bool = False  # torch.compile: faster on GPUs, ~30 s warm-up, no gain for tiny CPU models
     seed: int = 1337  # batch sampling (per rank) and dropout
     progress: bool = True  # tqdm progress bar
@@ -78,7 +83,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
         if not _whole(self.warmup_steps, 0):
             raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps!r} must be an integer >= 0")
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
+        if self.lr_schedule not in get_args(LrSchedule):
             raise ValueError(f"TrainConfig.lr_schedule={self.lr_schedule!r}; use 'cosine', 'linear' or 'constant'")
         if not _number(self.weight_decay) or not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} must be a finite number >= 0")
@@ -91,7 +96,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not _whole(v, 1):
                 raise ValueError(f"TrainConfig.{name}={v!r} must be None or a positive integer")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
+        if self.dtype not in get_args(DType):
             raise ValueError(f"TrainConfig.dtype={self.dtype!r}; use 'auto', 'float32' or 'bfloat16'")
         check_device_name(self.device)
         if not _whole(self.seed, 0):
@@ -252,15 +257,16 @@ def _restore_handlers(previous: dict) -> None:
         signal.signal(sig, handler)
 
 
-class Callback:
-    """Override any of these; each gets the trainer, so it can read ``trainer.step``, ``.model``, ..."""
+@runtime_checkable
+class BatchSource(Protocol):
+    """What the Trainer trains and evaluates on: anything that draws a random batch of inputs and
+    targets. ``lmkit.data.TokenDataset`` (next-token windows), ``lmkit.classifier.ClassificationData``
+    (passages and labels) and ``lmkit.instruct``'s datasets (prompts with answer-only targets) are."""
 
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    def on_before_update(self, trainer: Trainer) -> None: ...  # gradients ready (clipped), weights not yet moved
-    def on_step(self, trainer: Trainer, metrics: dict) -> None: ...
-    def on_eval(self, trainer: Trainer, metrics: dict) -> None: ...
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def batch(self, batch_size: int, generator: torch.Generator | None = None,
+              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of ``batch_size`` rows drawn with ``generator``, on ``device``."""
+        ...
 
 
 class Trainer:
@@ -276,8 +282,8 @@ class Trainer:
     model's vocabulary.
     """
 
-    def __init__(self, model, config: TrainConfig | None, train_data, val_data=None, *, tokenizer=None,
-                 run_dir=None, callbacks=(), resume_from=None, parent: str | None = None):
+    def __init__(self, model, config: TrainConfig | None, train_data: BatchSource, val_data: BatchSource | None = None,
+                 *, tokenizer=None, run_dir=None, callbacks=(), resume_from=None, parent: str | None = None):
         info = ckpt.read_info(resume_from) if resume_from is not None else None
         if config is None:
             if info is None or info.train_config is None:
@@ -285,8 +291,12 @@ class Trainer:
                                  "TrainConfig" + ("" if info is None else f" ({info.path} holds no training settings)"))
             config = TrainConfig.from_dict(info.train_config)
         self.resume_changes = resume_changes(info.train_config, config, info.step, info.path) if info else {}
-        vocab_size = getattr(getattr(ckpt.unwrap(model), "config", None), "vocab_size", None)
+        vocab_size = getattr(getattr(unwrap(model), "config", None), "vocab_size", None)
         for name, data in (("training", train_data), ("validation", val_data)):
+            if data is not None and not isinstance(data, BatchSource):
+                raise TypeError(f"the {name} data is a {type(data).__name__}, which has no batch(batch_size, generator, "
+                                f"device) method; give a lmkit.data.TokenDataset (e.g. from load_prepared) or another "
+                                f"BatchSource")
             if data is not None and vocab_size is not None:  # a MiniLM classifier has its own vocabulary
                 check_token_range(data, vocab_size, name)
         self.config = cfg = config
@@ -294,7 +304,7 @@ class Trainer:
         if self.device.type == "cuda":
             enable_tf32()
         self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
-        self.model = ckpt.unwrap(model).to(self.device)  # the plain module: what gets saved
+        self.model = unwrap(model).to(self.device)  # the plain module: what gets saved
         if isinstance(getattr(self.model, "config", None), GPTConfig):
             check_first_step_fits(self.model.config, cfg, self.device, weights_allocated=True)
         self.train_data, self.val_data, self.tokenizer = train_data, val_data, tokenizer
@@ -542,7 +552,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run(self.run_dir)
         config_path = self.run_dir / "config.json"
-        config = _read_json_dict(config_path)
+        config = read_json(config_path, "run config", missing={})  # {}: a run folder made by hand
         if not config or self._resumed_from is not None:
             config.setdefault("model", self.model.config.to_dict())
             config["train"] = self.config.to_dict()
@@ -580,16 +590,3 @@ def _row_step(line: str) -> int | None:
         return None
     step = row.get("step") if isinstance(row, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
-
-
-def _read_json_dict(path: Path) -> dict:
-    """A JSON object from ``path``; empty when the file is missing (a run folder made by hand)."""
-    if not path.is_file():
-        return {}
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it") from None
-    if not isinstance(found, dict):
-        raise ValueError(f"{path} holds {type(found).__name__}, not a JSON object; fix or delete it")
-    return found

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from . import viz
 from .attention import as_array, capture, rollout
-from .trainer import Callback
+from .callbacks import Callback
 
 VIEWS = ("heatmap", "head view", "model view", "rollout")
 

@@ -305,7 +305,7 @@ def test_classifier_checkpoint_round_trip_gives_identical_logits_and_records_its
     cfg = make_config(max_steps=4, eval_interval=4)
     train_classifier(model, separable_data(10, 0), separable_data(4, 1), cfg, tokenizer=TOK,
                      run_dir=tmp_path / "run", parent="runs/pretrain/checkpoints/step_000600")
-    path = ckpt.latest_valid(tmp_path / "run")
+    path = ckpt.newest_intact_checkpoint(tmp_path / "run")
     config = json.loads((path / "config.json").read_text())
     assert config["task"] == "classification"
     assert config["classifier"] == {"n_classes": 2, "labels": ["low", "high"], "pooling": "last",
@@ -417,7 +417,7 @@ def test_fine_tune_trains_saves_and_scores_every_gpt_method(tmp_path):
                       lora_r=4)
         results.append(r)
         assert r["tokens"] == 16 and r["test"]["accuracy"] > 0.6  # chance is 1/3
-        assert r["checkpoint"] == ckpt.latest_valid(tmp_path / method)
+        assert r["checkpoint"] == ckpt.newest_intact_checkpoint(tmp_path / method)
         loaded, tok, labels = ckpt.load_classifier(r["checkpoint"])  # LoRA too: merged before the last save
         assert labels == list(PLAY_GENRES) and tok.chars == TOK.chars
         assert ckpt.read_info(r["checkpoint"]).parent == "pretrained/step_9"

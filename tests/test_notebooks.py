@@ -54,7 +54,7 @@ def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     # 04: no pretraining run under its runs_root, so it pretrained one on the BPE data, then fine-tuned
     (pretrain,) = (tmp_path / "finetune").glob("*-pretrain-for-finetune")
     finetune = tmp_path / "finetune" / summary["04_finetuning"]["run"]
-    parent = checkpoint.latest_valid(pretrain)
+    parent = checkpoint.newest_intact_checkpoint(pretrain)
     assert parent.name == "step_000012" and summary["04_finetuning"]["parent"].endswith("step_000012")
     config = json.loads((finetune / "config.json").read_text())
     assert config["kind"] == "finetune" and config["passage_chars"] == 64 and config["split_seed"] == 0
@@ -66,12 +66,12 @@ def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     assert len(inner) == 5 and set(inner["method"].dropna()) == methods and (inner["parent"] == str(parent)).all()
     for method in methods:  # every method's checkpoint loads as a classifier and names its parent
         (sub,) = finetune.glob(f"*-{method}")
-        last = checkpoint.latest_valid(sub)
+        last = checkpoint.newest_intact_checkpoint(sub)
         assert last.name == "step_000003" and checkpoint.read_info(last).parent == str(parent)
         model, tok, labels = checkpoint.load_classifier(last)
         assert labels == ["comedy", "history", "tragedy"] and tok.vocab_size == 300
     (instruct,) = finetune.glob("*-instruct")
-    assert checkpoint.latest_valid(instruct).name == "step_000004"
+    assert checkpoint.newest_intact_checkpoint(instruct).name == "step_000004"
     table = pd.read_csv(finetune / "classification.csv", index_col=0)
     assert list(table.index) == ["full", "lora", "probe", "scratch", "minilm", "majority baseline"]
     assert table.loc["lora", "trainable"] < table.loc["full", "trainable"] == table.loc["full", "total"]

@@ -61,9 +61,9 @@ def test_latest_run_is_the_newest_of_its_kind_holding_the_file(tmp_path):
     (older / "classification.csv").write_text("method\n")
     newer = runs.new_run(tmp_path, "b-finetune", {"kind": "finetune"})  # unfinished: no table yet
     runs.new_run(tmp_path, "c-evaluation", {"kind": "evaluation"})
-    assert runs.latest_run(tmp_path, "finetune", with_file="classification.csv") == older
-    assert runs.latest_run(tmp_path, "finetune") == newer
-    assert runs.latest_run(tmp_path, "sweep") is None and runs.latest_run(tmp_path / "nowhere", "finetune") is None
+    assert runs.newest_run(tmp_path, "finetune", with_file="classification.csv") == older
+    assert runs.newest_run(tmp_path, "finetune") == newer
+    assert runs.newest_run(tmp_path, "sweep") is None and runs.newest_run(tmp_path / "nowhere", "finetune") is None
     assert runs.read_config(older) == {"kind": "finetune"} and runs.read_config(tmp_path / "nowhere") == {}
 
 
@@ -75,3 +75,13 @@ def test_the_runs_root_follows_lmkit_runs_dir(tmp_path):
     default = subprocess.run(show, env=env, capture_output=True, text=True, check=True)
     assert Path(moved.stdout.strip()) == tmp_path
     assert Path(default.stdout.strip()) == Path(runs.__file__).resolve().parents[1] / "runs"
+
+
+def test_the_old_latest_names_still_work_with_a_deprecation_warning(tmp_path):
+    from lmkit import checkpoint as ckpt
+    from lmkit import runs
+
+    with pytest.warns(DeprecationWarning, match="newest_intact_checkpoint"):
+        assert ckpt.latest_valid(tmp_path) is None
+    with pytest.warns(DeprecationWarning, match="newest_run"):
+        assert runs.latest_run(tmp_path, "finetune") is None

@@ -129,3 +129,11 @@ def test_sigterm_names_the_checkpoint_to_resume_from_or_says_nothing_was_saved(t
     run = tmp_path / "run"
     with pytest.raises(TrainingTerminated, match=r"checkpoint .*step_000003; continue with resume_from="):
         Trainer(make_model(), make_config(), *token_data, run_dir=run, callbacks=[TermAt()]).train()
+
+
+def test_data_without_a_batch_method_is_refused_naming_what_to_give(token_data):
+    from lmkit import Trainer
+
+    train, _ = token_data
+    with pytest.raises(TypeError, match=r"the validation data is a list, which has no batch\(batch_size"):
+        Trainer(make_model(), make_config(), train, [1, 2, 3])

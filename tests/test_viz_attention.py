@@ -448,7 +448,7 @@ def test_to_png_without_a_browser_says_how_to_install_one(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="apt-get install chromium"):
         viz.to_png(viz.attention_heatmap(tiny()), tmp_path / "x.png")
     monkeypatch.delenv("BROWSER_PATH")
-    monkeypatch.setattr(viz, "_BROWSER_CANDIDATES", ("/no/such/chromium", "no-such-browser-on-path"))
+    monkeypatch.setattr(viz.export, "_BROWSER_CANDIDATES", ("/no/such/chromium", "no-such-browser-on-path"))
     with pytest.raises(RuntimeError, match="apt-get install chromium"):
         viz.to_png(viz.attention_heatmap(tiny()), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

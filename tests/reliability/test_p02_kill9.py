@@ -45,7 +45,7 @@ def test_kill_9_during_saves_loses_only_unsaved_steps(tmp_path):
         time.sleep(rng.uniform(0.0, 0.2))  # saves happen every step: this lands in or near one
         proc.kill()  # SIGKILL: no handler, no cleanup
         proc.wait()
-        good = ckpt.latest_valid(run)
+        good = ckpt.newest_intact_checkpoint(run)
         assert good is not None, f"round {round_}: no loadable checkpoint"
         model, _ = ckpt.load(good)
         step = ckpt.read_info(good).step

@@ -1,0 +1,88 @@
+"""Fine-tuning figures for notebook 04_finetuning: a metric per run over steps, fine-tuning methods
+compared on the test set, and confusion matrices side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .common import SEQUENTIAL, colour_map, escaped, require_frame, require_numeric, style
+
+
+def metric_curves(histories: Mapping[str, pd.DataFrame], column: str = "val_loss", title: str | None = None,
+                  presentation: bool = False) -> go.Figure:
+    """One line per named run: ``column`` of each ``Trainer.metrics`` table against the step (rows
+    without a value are skipped), e.g. the validation loss of each fine-tuning method."""
+    if not histories:
+        raise ValueError("metric_curves needs at least one named metrics table")
+    fig = go.Figure()
+    colours = colour_map(histories)
+    for name, history in histories.items():
+        colour = colours[name]
+        df = require_frame(history, f"metric_curves[{name!r}]", ["step", column]).dropna(subset=[column])
+        fig.add_scatter(x=df["step"], y=df[column], mode="lines+markers", name=escaped(str(name)),
+                        line=dict(color=colour),
+                        hovertemplate=f"{escaped(str(name))}<br>step %{{x}}<br>{column} %{{y:.4g}}<extra></extra>")
+    fig.update_layout(xaxis_title="step", yaxis_title=column.replace("_", " "), height=380)
+    return style(fig, title, presentation)
+
+
+def method_comparison(results: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "macro_f1"),
+                      baseline: Mapping[str, float] | None = None, title: str | None = None,
+                      presentation: bool = False) -> go.Figure:
+    """Grouped bars: one group per row of ``results`` (indexed by method name), one bar per metric
+    (values in [0, 1]); ``baseline`` ({metric: value}) draws a dashed line per metric, e.g. the
+    majority-class baseline, so a bar below it is worse than always guessing the commonest class."""
+    df = require_frame(results, "method_comparison", list(metrics))
+    require_numeric(df, "method_comparison", list(metrics))
+    names = [escaped(str(n)) for n in df.index]
+    colours = colour_map(metrics)
+    fig = go.Figure()
+    for metric in metrics:
+        fig.add_bar(x=names, y=df[metric], name=metric.replace("_", " "), marker_color=colours[metric],
+                    text=[f"{v:.2f}" for v in df[metric]], textposition="outside",
+                    hovertemplate=f"%{{x}}<br>{metric} %{{y:.3f}}<extra></extra>")
+    for metric, value in (baseline or {}).items():
+        if metric not in colours:
+            raise ValueError(f"method_comparison: baseline metric {metric!r} is not among metrics {list(metrics)}")
+        fig.add_hline(y=value, line_dash="dash", line_color=colours[metric],
+                      annotation_text=f"baseline {metric.replace('_', ' ')} {value:.2f}",
+                      annotation_position="top right" if metric == metrics[0] else "bottom right")
+    fig.update_layout(barmode="group", yaxis=dict(range=[0, 1.05], title="score on the test plays"), height=400)
+    return style(fig, title, presentation)
+
+
+def confusion_matrices(confusions: Mapping[str, pd.DataFrame], normalize: bool = True, title: str | None = None,
+                       presentation: bool = False) -> go.Figure:
+    """Confusion-matrix heatmaps side by side, one per named matrix (rows = true class, columns =
+    predicted, as ``lmkit.evaluate.classification_metrics`` returns them). ``normalize`` colours each
+    row by its share of the true class (the diagonal is then each class's recall); every cell's text
+    shows the count either way."""
+    if not confusions:
+        raise ValueError("confusion_matrices needs at least one named confusion matrix")
+    names = list(confusions)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[escaped(str(n)) for n in names],
+                        horizontal_spacing=0.04)
+    for c, name in enumerate(names, start=1):
+        m = confusions[name]
+        if not isinstance(m, pd.DataFrame) or m.shape[0] != m.shape[1] or list(m.index) != list(m.columns):
+            raise ValueError(f"confusion_matrices: {name!r} must be a square DataFrame with the same labels on rows "
+                             f"(true) and columns (predicted); got {type(m).__name__} {getattr(m, 'shape', '')}")
+        counts = m.to_numpy(dtype=float)
+        z = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None) if normalize else counts
+        labels = [escaped(str(v)) for v in m.index]
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0,
+                                 zmax=1 if normalize else None, showscale=c == len(names),
+                                 text=counts.astype(int), texttemplate="%{text}",
+                                 hovertemplate="true %{y}<br>predicted %{x}<br>%{text} passages<br>"
+                                               + ("share of the row %{z:.2f}" if normalize else "") + "<extra></extra>"),
+                      row=1, col=c)
+        fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=1, col=c)
+        fig.update_xaxes(title_text="predicted", row=1, col=c)
+    fig.update_yaxes(title_text="true", row=1, col=1)
+    fig.update_layout(height=360, width=max(420, 300 * len(names)))
+    return style(fig, title, presentation)
