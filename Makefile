@@ -1,7 +1,8 @@
 # lmkit — every target sets up .venv itself on first use.
 #   make run    the main job: the numbered notebooks in order (papermill) into runs/<time>-pipeline/
 #               (PARAMS=notebooks/params/gpu.yaml picks bigger settings)
-#   make test   the whole test suite (unit, reliability, notebooks)
+#   make test   the whole test suite (unit, reliability, notebooks): what CI runs
+#   make test-fast  unit and reliability tests, no notebooks, browser or torchrun (2 minutes on 2 cores)
 #   make lab    JupyterLab in the venv
 #   make bench  the benchmark suite (not tests): ARGS="train generation" runs some; results in benchmarks/results/
 #   make sweep NB=03_training ARGS="-p n_layer 2 4 -p learning_rate 1e-3 3e-3"
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup run test lab bench sweep lint clean notebook-outputs
+.PHONY: setup run test test-fast lab bench sweep lint clean notebook-outputs
 
 setup: $(STAMP)
 
@@ -38,6 +39,14 @@ run: $(STAMP)
 test: $(STAMP)
 	runs=$$(mktemp -d -t lmkit-test-runs.XXXXXX); \
 	LMKIT_RUNS_DIR=$$runs $(PY) -m pytest $(PYTEST_ARGS); status=$$?; rm -rf "$$runs"; exit $$status
+
+# The maintainer's loop: tests/ only (no nbval replays), without the notebook, browser and torchrun
+# tests (pytest markers), one pytest worker per core (pytest-xdist) with one torch thread each: tiny
+# models lose more to thread hand-offs than they gain. `make test` stays the whole suite, in order.
+test-fast: $(STAMP)
+	runs=$$(mktemp -d -t lmkit-test-runs.XXXXXX); \
+	LMKIT_RUNS_DIR=$$runs OMP_NUM_THREADS=1 $(PY) -m pytest tests -n auto \
+	  -m "not notebook and not browser and not distributed" $(PYTEST_ARGS); status=$$?; rm -rf "$$runs"; exit $$status
 
 # Kernels get CurveZMQ keys from the server (encrypted sockets; ipykernel then has nothing to warn about).
 lab: $(STAMP)

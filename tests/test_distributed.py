@@ -11,7 +11,7 @@ from lmkit import checkpoint, data
 
 from .test_cli import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def torchrun(*args, cwd=None):

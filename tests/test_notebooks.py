@@ -11,7 +11,7 @@ import yaml
 
 from lmkit import checkpoint, runs
 
-pytestmark = [pytest.mark.slow, pytest.mark.network]
+pytestmark = [pytest.mark.slow, pytest.mark.network, pytest.mark.notebook]
 
 
 def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):

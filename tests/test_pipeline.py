@@ -18,6 +18,9 @@ from lmkit import runs
 from lmkit.cli import main
 
 
+pytestmark = pytest.mark.notebook  # most tests here start Jupyter kernels (make test-fast leaves the file out)
+
+
 def write_notebook(path, *sources, params="steps: int = 3  # how many\nname: str = 'x'  # a label"):
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell(params)

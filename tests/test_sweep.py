@@ -16,6 +16,9 @@ import yaml
 from lmkit import data, runs
 from lmkit.cli import main
 
+pytestmark = pytest.mark.notebook  # most tests here start Jupyter kernels (make test-fast leaves the file out)
+
+
 PARAMS = ("from typing import Optional\n"
           "a: int = 1  # a whole number\n"
           "b: float = 0.5  # a real number\n"
