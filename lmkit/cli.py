@@ -116,15 +116,11 @@ def build_configs(options: dict, vocab_size: int) -> tuple[GPTConfig, TrainConfi
 
 # ---------------------------------------------------------------------------------------- commands
 
-def default_data_dir(tokenizer: str = "char") -> Path:
-    return data.DATA_DIR / "prepared" / f"shakespeare-{tokenizer}"
-
-
 def cmd_data(args) -> Path:
     source = args.source
     if source == DEFAULT_DATA:
         source = data.fetch_shakespeare()
-    out = Path(args.out) if args.out else default_data_dir(args.tokenizer)
+    out = Path(args.out) if args.out else data.default_prepared_dir(args.tokenizer)
     meta = data.prepare_dataset(source, out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                                 val_fraction=args.val_fraction, seed=args.seed, errors=args.errors)
     print(f"prepared {out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, "
@@ -134,7 +130,7 @@ def cmd_data(args) -> Path:
 
 
 def _ensure_data(path: str | None) -> Path:
-    folder = Path(path) if path else default_data_dir()
+    folder = Path(path) if path else data.default_prepared_dir()
     if not (folder / "meta.json").exists():
         if path:
             raise ValueError(f"{folder} holds no prepared dataset (meta.json); run `python -m lmkit data --out {folder}`")
@@ -217,7 +213,7 @@ def _resume_settings(args, options: dict) -> tuple[GPTConfig, TrainConfig, check
         saved_tok = checkpoint.load_tokenizer_of(info)
         kind = saved_tok.to_dict()["type"] if saved_tok is not None else "char"
         folder = (_ensure_data(str(recorded)) if isinstance(recorded, str)
-                  else _ensure_data(None if kind == "char" else str(default_data_dir(kind))))
+                  else _ensure_data(None if kind == "char" else str(data.default_prepared_dir(kind))))
     return info.model_config, train_cfg, info, folder
 
 

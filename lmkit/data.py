@@ -633,6 +633,23 @@ def _open_tokens(path: Path, dtype: str | None) -> np.ndarray:
     return np.memmap(path, dtype=np_dtype, mode="r")
 
 
+def default_prepared_dir(tokenizer: str = "char") -> Path:
+    """Where ``01_data`` (and ``python -m lmkit data``) put the Shakespeare corpus prepared with
+    ``tokenizer`` ("char" or "bpe"), and where the other lessons look for it:
+    ``DATA_DIR/prepared/shakespeare-<tokenizer>``."""
+    return DATA_DIR / "prepared" / f"shakespeare-{tokenizer}"
+
+
+def ensure_prepared(folder: str | os.PathLike | None = None) -> Path:
+    """``folder`` (default ``default_prepared_dir("char")``), prepared from the Shakespeare corpus with
+    ``prepare_dataset``'s defaults if it holds no prepared data yet: the quick way for a lesson run
+    without ``01_data`` before it."""
+    folder = Path(folder) if folder is not None else default_prepared_dir("char")
+    if not (folder / "meta.json").exists():
+        prepare_dataset(fetch_shakespeare(), folder)
+    return folder
+
+
 def load_prepared(
     folder: str | os.PathLike, block_size: int
 ) -> tuple[TokenDataset, TokenDataset, TokenizerBase, dict]:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .classifier import ClassificationData
-from .data import DATA_DIR, load_prepared
+from .data import default_prepared_dir, load_prepared
 from .metrics import bits_per_char, calibration_bins, classification_metrics
 from .params import is_int
 from .rundir import flatten_config, read_config
@@ -197,6 +197,16 @@ def _prompt_ids(tokenizer, prompt: str, who: str) -> list[int]:
 
 
 @torch.no_grad()
+def spread_passages(texts: Sequence[str], n: int, length: int) -> list[str]:
+    """``n`` passages of ``length`` characters at even steps through ``texts`` joined by blank lines:
+    held-out text to continue, drawn from all of it rather than from its start."""
+    if not is_int(n, 1) or not is_int(length, 1):
+        raise ValueError(f"spread_passages: n={n!r} and length={length!r} must be positive ints")
+    joined = "\n\n".join(_text_list(texts, "spread_passages", "texts"))
+    step = max(1, (len(joined) - length) // n)
+    return [joined[i * step:i * step + length] for i in range(n)]
+
+
 def continuations(model, tokenizer, texts: Sequence[str], prompt_chars: int = 128, new_chars: int = 64, *,
                   temperature: float = 1.0, top_k: int | None = None, seed: int = 0, batch_size: int = 32):
     """Cut each held-out passage into a prompt and a reference continuation; let the model continue.
@@ -454,7 +464,7 @@ def evaluate_checkpoint(path, data_dir=None, *, stride: int | None = None, max_t
     if tokenizer is None:
         raise ValueError(f"{found} holds no tokenizer.json, so its token ids cannot be matched to any prepared data")
     kind = tokenizer.to_dict()["type"]
-    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR / "prepared" / f"shakespeare-{kind}"
+    data_dir = Path(data_dir) if data_dir is not None else default_prepared_dir(kind)
     if not (data_dir / "meta.json").is_file():
         raise ValueError(f"no prepared data at {data_dir} for {found} ({kind} tokenizer); run 01_data with "
                          f"tokenizer={kind!r} or pass data_dir=")

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint import newest_intact_checkpoint
+from .checkpoint import newest_intact_checkpoint, resolve
+from .data import ensure_prepared, load_prepared
 from .files import read_json_object
+from .model import GPT, GPTConfig
 from .pipeline import (
     CHECKED_TAG,
     NOTEBOOK_DIR,
@@ -48,10 +50,11 @@ from .rundir import (
     read_config,
     val_losses,
 )
+from .trainer import TrainConfig, Trainer
 
 __all__ = [
     # the registry
-    "CONTAINER_KINDS", "newest_checkpoint", "pretraining_runs", "newest_run", "load_runs", "latest_run",
+    "CONTAINER_KINDS", "newest_checkpoint", "pretrained_checkpoint", "pretraining_runs", "newest_run", "load_runs", "latest_run",
     # run folders (lmkit.rundir)
     "REPO_ROOT", "RUNS_DIR", "STATUS_FILE", "LOCK_CLAIM_SECONDS", "RunInUseError", "new_run", "open_run", "lock_run",
     "read_config", "load_metrics", "flatten_config", "val_losses",
@@ -74,6 +77,27 @@ def newest_checkpoint(root=RUNS_DIR) -> Path | None:
         if found is not None:
             return found
     return None
+
+
+def pretrained_checkpoint(checkpoint=None, root=RUNS_DIR, *, prepared=None, quick_steps: int = 300,
+                          evaluations: int = 3, name: str = "pretrain", seed: int = 0, callbacks=()) -> Path:
+    """The pretrained model a lesson builds on, as a verified checkpoint folder: ``checkpoint`` (a
+    checkpoint or a run folder: its newest intact one) when given; else the newest pretraining run's
+    under ``root`` (what 03_training writes); else a short training here — the default ``GPTConfig``
+    for ``quick_steps`` steps, ``evaluations`` evaluations (and checkpoints) along the way, on the
+    char-level data in ``prepared`` (``lmkit.data.ensure_prepared``), into a new run ``name`` under
+    ``root``, with ``callbacks`` attached. The weights are drawn from torch's generator as it stands
+    (a notebook's ``setup(seed)``); ``seed`` drives the batches."""
+    found = Path(checkpoint) if checkpoint else newest_checkpoint(root)
+    if found is None:
+        train, val, tokenizer, _ = load_prepared(ensure_prepared(prepared), GPTConfig.block_size)
+        config = TrainConfig(max_steps=quick_steps, eval_interval=max(1, quick_steps // evaluations),
+                             eval_batches=4, seed=seed)
+        trainer = Trainer(GPT(GPTConfig(vocab_size=tokenizer.vocab_size)), config, train, val,
+                          tokenizer=tokenizer, run_dir=new_run(root, name), callbacks=callbacks)
+        trainer.train()
+        found = trainer.run_dir
+    return resolve(found)
 
 
 def pretraining_runs(root=RUNS_DIR, names=None, limit: int | None = None) -> list[Path]:

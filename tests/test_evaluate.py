@@ -375,3 +375,16 @@ def test_stream_text_never_cuts_a_multibyte_character():
     # an untrained model samples bytes at random: a lone continuation byte decodes as U+FFFD, but a
     # piece never ends inside a character whose bytes are still coming
     assert "".join(pieces) == sample_texts(model, tok, "é", n=1, seed=1, max_new_tokens=40)[0]
+
+
+def test_spread_passages_takes_even_steps_through_the_joined_texts():
+    from lmkit.evaluate import spread_passages
+
+    texts = ["abcdefghij", "klmnopqrst"]  # joined: 22 characters with the blank line
+    joined = "abcdefghij\n\nklmnopqrst"
+    assert spread_passages(texts, 3, 4) == [joined[0:4], joined[6:10], joined[12:16]]
+    assert spread_passages(["abc"], 2, 10) == ["abc", "bc"]  # shorter than a passage: what there is
+    with pytest.raises(ValueError, match="n=0"):
+        spread_passages(texts, 0, 4)
+    with pytest.raises(TypeError, match="not one str"):
+        spread_passages("abc", 1, 2)

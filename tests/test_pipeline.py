@@ -17,7 +17,6 @@ import pytest
 from lmkit import runs
 from lmkit.cli import main
 
-
 pytestmark = pytest.mark.notebook  # most tests here start Jupyter kernels (make test-fast leaves the file out)
 
 

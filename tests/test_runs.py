@@ -85,3 +85,19 @@ def test_the_old_latest_names_still_work_with_a_deprecation_warning(tmp_path):
         assert ckpt.latest_valid(tmp_path) is None
     with pytest.warns(DeprecationWarning, match="newest_run"):
         assert runs.latest_run(tmp_path, "finetune") is None
+
+
+def test_pretrained_checkpoint_trains_once_then_finds_that_run(tmp_path):
+    """02 and 04's "the newest checkpoint, or a quick pretraining here", as one call."""
+    from lmkit import runs
+    from lmkit.data import prepare_dataset
+
+    prepared = tmp_path / "prepared"
+    prepare_dataset(["To be, or not to be: that is the question.\n" * 40] * 3, prepared, val_fraction=0.34)
+    root = tmp_path / "runs"
+    found = runs.pretrained_checkpoint(None, root, prepared=prepared, quick_steps=2, evaluations=1, name="quick")
+    (run,) = root.iterdir()
+    assert run.name.endswith("-quick") and found == run / "checkpoints" / "step_000002"
+    assert runs.pretrained_checkpoint(None, root, prepared=prepared, quick_steps=2) == found  # found, not trained
+    assert len(list(root.iterdir())) == 1
+    assert runs.pretrained_checkpoint(run, tmp_path / "elsewhere") == found  # a run folder → its checkpoint
