@@ -1,5 +1,6 @@
 """Evaluation: language-modelling loss, perplexity and bits per character over a whole split;
-classification metrics (``classification_metrics``, scikit-learn underneath); generation scores
+classifiers scored on labelled passages (``evaluate_classifier``; the pure metrics behind it and
+behind bits per character are in ``lmkit.metrics``, re-exported here); generation scores
 (BLEU and chrF through sacrebleu) on held-out continuations; robustness of a classifier to
 character noise; and calibration of next-token probabilities.
 

@@ -4,7 +4,8 @@
 render offline (plotly.js embedded in the output, no CDN, no MathJax), shows lmkit's log messages
 as ordinary output (warnings as warnings, see ``lmkit.logs``), and returns the device.
 ``summary(...)`` shows a notebook's headline numbers and stores them as JSON in the cell's output,
-where ``lmkit.runs.run_pipeline`` collects them.
+where ``lmkit.runs.run_pipeline`` collects them. ``skip_section(marker, when=...)`` switches a whole
+section off with one call: the cells that start with ``# <marker>`` then do nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .device import auto_device, seed_everything
 from .logs import show_logs
 
 SUMMARY_TAG = "summary"  # the cell tag the pipeline reads headline numbers from
+_SKIPPED: set[str] = set()  # section markers whose cells this kernel skips (skip_section)
 
 
 def setup(seed: int = 0, device: str = "auto"):
@@ -82,3 +84,29 @@ def _fmt(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return str(v)
+
+
+def skip_section(marker: str, when: bool, reason: str = "") -> bool:
+    """One switch for a section of a notebook instead of an ``if`` in each of its cells: while ``when``
+    holds, every cell run afterwards whose first line is ``# <marker>`` is replaced by ``pass`` before
+    IPython runs it (so a parameter such as ``instruct_steps = 0`` turns a whole task off). Called
+    again with ``when=False`` (the parameter changed, the cell re-run), the section runs again.
+    Prints ``reason`` when skipping; returns ``when``."""
+    from IPython import get_ipython  # only notebooks (and IPython) call this
+
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("skip_section works in a notebook (an IPython kernel), where cells run one by one")
+    if _skip_marked_cells not in shell.input_transformers_post:
+        shell.input_transformers_post.append(_skip_marked_cells)
+    (_SKIPPED.add if when else _SKIPPED.discard)(marker)
+    if when:
+        print(f"{reason or marker + ' skipped'}: the cells marked `# {marker}` do nothing")
+    return when
+
+
+def _skip_marked_cells(lines: list[str]) -> list[str]:
+    first = lines[0].strip() if lines else ""
+    if first.startswith("#") and first[1:].strip() in _SKIPPED:
+        return [f"pass  # {first[1:].strip()}: skipped (skip_section)\n"]
+    return lines

@@ -104,3 +104,24 @@ def _profile(tmp_path, profile: dict):
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
+
+
+def test_instruct_steps_0_skips_the_whole_of_task_2_in_04(tmp_path):
+    """One skip_section call switches the section off: its marked cells run as `pass` (no output, no
+    api numbers in the summary), and the cells after it still run."""
+    smoke = yaml.safe_load((runs.NOTEBOOK_DIR / "params" / "smoke.yaml").read_text())
+    profile = {"04_finetuning": {**smoke["04_finetuning"], "runs_root": str(tmp_path / "finetune"),
+                                 "prepared_dir": str(tmp_path / "prepared"), "instruct_steps": 0,
+                                 "methods": ["probe"]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    out = runs.run_pipeline([runs.NOTEBOOK_DIR / "04_finetuning.ipynb"], profile=tmp_path / "p.yaml",
+                            runs_root=tmp_path / "runs")
+    cells = nbformat.read(out / "04_finetuning.ipynb", as_version=4).cells
+    marked = [c for c in cells if c.cell_type == "code" and c.source.startswith("# task 2")]
+    assert len(marked) == 6 and all(not c.outputs for c in marked)
+    switch = next(c for c in cells if c.cell_type == "code" and c.source.startswith("skip_section("))
+    assert "task 2 skipped" in "".join(o.get("text", "") for o in switch.outputs)
+    summary = json.loads((out / "summary.json").read_text())["04_finetuning"]
+    assert "probe_accuracy" in summary and not any(k.startswith("api_") for k in summary)
+    finetune = tmp_path / "finetune" / summary["run"]
+    assert finetune.is_dir() and not list(finetune.glob("*-instruct")) and not (finetune / "api_calls.csv").exists()
