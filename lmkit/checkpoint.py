@@ -89,7 +89,7 @@ class CheckpointInfo:
     train_config: dict | None
     parent: str | None
     metrics: list
-    task: str = "lm"  # "lm" (a GPT) or "classification" (a lmkit.finetune.GPTClassifier)
+    task: str = "lm"  # "lm" (a GPT) or "classification" (a lmkit.classifier.GPTClassifier)
     classifier: dict | None = None  # n_classes, labels, pooling, class_weights, feature_norm of a classifier
 
 
@@ -117,7 +117,7 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
 
     ``trainer_state`` is ``(tensors, meta)`` from ``Trainer.state_dict()``; without it the checkpoint
     holds a model for inference and fine-tuning but cannot resume training exactly.
-    ``model`` may also be a ``lmkit.finetune.GPTClassifier`` (read it back with ``load_classifier``);
+    ``model`` may also be a ``lmkit.classifier.GPTClassifier`` (read it back with ``load_classifier``);
     one with LoRA adapters still unmerged saves for resuming only: ``merge_lora`` it first.
     """
     path = Path(path)
@@ -297,7 +297,7 @@ def load_classifier(path, device="cpu"):
     """Rebuild ``(classifier, tokenizer, labels)`` from a classifier checkpoint (or run folder), or from
     its ``CheckpointInfo`` (as ``load``).
 
-    The classifier is a ``lmkit.finetune.GPTClassifier`` in eval mode on ``device``; ``labels`` are
+    The classifier is a ``lmkit.classifier.GPTClassifier`` in eval mode on ``device``; ``labels`` are
     its class names, index = class id.
     """
     info = path if isinstance(path, CheckpointInfo) else read_info(path)

@@ -268,7 +268,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx) -> torch.Tensor:
         """Final hidden states (B, T, C) of idx (B, T): the output of ``ln_f``, the features that
-        ``lm_head`` reads; classifiers (``lmkit.finetune.GPTClassifier``) pool them."""
+        ``lm_head`` reads; classifiers (``lmkit.classifier.GPTClassifier``) pool them."""
         return self._trunk(idx)[0]
 
     def _trunk(self, idx, output_attentions=False, past_key_values=None):

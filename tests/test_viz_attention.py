@@ -481,3 +481,28 @@ def test_matrix_grid_one_panel_per_matrix_with_unique_labels():
     np.testing.assert_array_equal(fig.data[1].z, m["weights"])
     with pytest.raises(ValueError, match="3 rows"):
         viz.matrix_grid({"bad": np.zeros((2, 2))}, row_labels=list("abc"))
+
+
+def test_to_png_keeps_choreographers_ignored_message_traceback_out_of_the_output(capsys):
+    """choreographer logs a traceback at ERROR for a browser message it cannot decode and then ignores;
+    seen in a notebook's PNG export, it read as a failure. Other choreographer errors still show."""
+    import logging
+
+    from lmkit.viz import export
+
+    export.quiet_ignored_browser_messages()
+    export.quiet_ignored_browser_messages()  # once is enough, twice changes nothing
+    logger = logging.getLogger(export.BROWSER_PIPE_LOGGER)
+    assert sum(isinstance(f, export._IgnoredBrowserMessage) for f in logger.filters) == 1
+    handler = logging.StreamHandler()  # what a notebook's stderr would show
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("not JSON")
+        except ValueError:
+            logger.exception("JSONError decoding message. Ignoring")
+            logger.exception("Error in trying to decode JSON off our read.")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Ignoring" not in err and "Error in trying to decode JSON" in err

@@ -3,6 +3,7 @@ kaleido and the system's Chromium (never a downloaded one). Works on any ``go.Fi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,30 @@ from ..files import write_bytes_atomic
 _BROWSER_CANDIDATES: tuple[str, ...] = (
     "/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome-stable", "google-chrome", "chrome",
 )
+
+# kaleido talks to Chromium through choreographer, which logs a whole traceback at ERROR when a message
+# from the browser does not decode as JSON, and then ignores that message: the PNG is still right. In
+# a notebook the traceback reads as the cell failing (seen in make test, 02_attention's PNG export),
+# so to_png keeps it at debug level: still there for whoever switches choreographer's logging up.
+BROWSER_PIPE_LOGGER = "choreographer.channels.pipe"
+
+
+class _IgnoredBrowserMessage(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("JSONError decoding message. Ignoring"):
+            return True
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("a message from the browser was not JSON and was ignored (%s)", record.exc_info[1]
+                         if record.exc_info else "no detail")
+        return False
+
+
+def quiet_ignored_browser_messages() -> None:
+    """Keep choreographer's tracebacks for browser messages it ignores out of the output (idempotent)."""
+    logger = logging.getLogger(BROWSER_PIPE_LOGGER)
+    if not any(isinstance(f, _IgnoredBrowserMessage) for f in logger.filters):
+        logger.addFilter(_IgnoredBrowserMessage())
 
 
 def _require_figure(fig: Any, who: str) -> go.Figure:
@@ -85,6 +110,7 @@ def to_png(fig: go.Figure, path: str | os.PathLike, *, scale: float = 2, width: 
     except ImportError:
         raise RuntimeError("to_png needs kaleido >= 1 (pip install kaleido)") from None
     pio.defaults.mathjax = False  # the same for any fig.write_image in this session
+    quiet_ignored_browser_messages()
     fig_dict = fig.to_dict()
     layout = fig_dict.get("layout", {})
     opts = dict(format="png", scale=scale, width=width or layout.get("width") or pio.defaults.default_width,
