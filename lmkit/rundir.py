@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import read_json_object, write_json_atomic
+from .files import read_json, read_json_object, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # default root: <repository>/runs; LMKIT_RUNS_DIR moves it (make test points it at a temporary folder)
@@ -72,7 +72,7 @@ def open_run(run_dir=None, root="runs", name: str | None = None, config: dict | 
     if not path.is_dir():
         raise ValueError(f"run_dir={str(run_dir)!r} is not a folder; pass None for a new run under {root}")
     current = path / "config.json"
-    merged = json.loads(current.read_text(encoding="utf-8")) if current.is_file() else {}
+    merged = read_json(current, "run config", missing={})
     merged.update(config or {})
     write_json_atomic(current, merged)
     (path / "checkpoints").mkdir(exist_ok=True)
