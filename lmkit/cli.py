@@ -1,4 +1,4 @@
-"""Command line: ``python -m lmkit data|train|sample|eval|run|sweep``.
+"""Command line: ``python -m lmkit data|train|sample|eval|export|run|sweep``.
 
 ``train`` takes every GPTConfig and TrainConfig field as ``--field value`` (``--help`` lists them
 with their defaults and the reason for each), and a JSON/YAML ``--config`` file with the same keys,
@@ -20,8 +20,10 @@ import typing
 from pathlib import Path
 
 from . import checkpoint, data, runs
+from .callbacks import TensorBoardCallback
 from .device import auto_device, autocast_dtype, init_distributed, seed_everything
 from .evaluate import evaluate_checkpoint, lm_loss, sample_texts, stream_text
+from .export import to_hf
 from .logs import show_logs
 from .model import GPT, GPTConfig
 from .params import convert
@@ -173,7 +175,8 @@ def cmd_train(args) -> Path:
         print(f"run {run_dir}: {model.num_params():,} parameters, {train_cfg.max_steps} steps, "
               f"{dist_info.world_size} process(es)")
     trainer = Trainer(model, train_cfg, train_ds, val_ds, tokenizer=tok, run_dir=run_dir,
-                      resume_from=info.path if info is not None else None)
+                      resume_from=info.path if info is not None else None,
+                      callbacks=[TensorBoardCallback()] if args.tensorboard else ())
     trainer.train()
     if trainer.interrupted:  # Ctrl-C: saved, not finished; nothing may read as a finished run
         saved = f"saved {trainer.last_checkpoint}" if trainer.last_checkpoint else "nothing saved"
@@ -281,6 +284,14 @@ def cmd_eval(args) -> dict:
     return result
 
 
+def cmd_export(args) -> Path:
+    """``to_hf``: a Hugging Face model folder of a checkpoint (a run folder: its newest intact one)."""
+    result = to_hf(args.checkpoint, args.out_dir, overwrite=args.force)
+    print(f"exported {result}\n  load it with transformers.AutoModelForCausalLM.from_pretrained"
+          f"({str(result.path)!r}) and AutoTokenizer.from_pretrained (same folder)")
+    return result.path
+
+
 def cmd_run(args) -> Path:
     """The main job behind `make run`: the numbered notebooks, in order, with papermill."""
     notebooks = [_find_notebook(n) for n in args.notebooks] if args.notebooks else None
@@ -371,6 +382,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where run folders are created")
     t.add_argument("--name", default="train", help="suffix of the run folder name")
     t.add_argument("--samples", type=int, default=2, help="samples printed after training")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write the scalars to RUN/tensorboard/ (view: tensorboard --logdir runs/)")
     _add_config_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -420,6 +433,16 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: block_size)")
     e.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a Hugging Face model folder (GPT-2 or GPT-NeoX) of a checkpoint",
+                       description="write a Hugging Face model folder of a checkpoint: GPT2LMHeadModel for "
+                                   "learned or sinusoidal positions, GPTNeoXForCausalLM for rope, with a tokenizer "
+                                   "that encodes as lmkit's; checked against lmkit before it is put in place",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x.add_argument("checkpoint", help="checkpoint folder, or a run folder (its newest intact checkpoint)")
+    x.add_argument("out_dir", help="the folder to write (config.json, model.safetensors, tokenizer files)")
+    x.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    x.set_defaults(func=cmd_export)
     return p
 
 

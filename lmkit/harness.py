@@ -51,11 +51,13 @@ from pathlib import Path
 import lm_eval
 import lm_eval.api.model
 import lm_eval.api.registry
+import lm_eval.models  # noqa: F401 - registers the harness's own model types (hf, vllm, ...) beside lmkit
 import torch
 import torch.nn.functional as F
 import yaml
 
 from .checkpoint import load
+from .device import auto_device
 from .evaluate import sliding_windows
 
 log = logging.getLogger(__name__)
@@ -353,15 +355,35 @@ def _offline():
                 os.environ[k] = v
 
 
+@contextmanager
+def _quiet_truncation():
+    """The hf backend warns once per request whose context is longer than the model's, and transformers'
+    tokenizer once per run; cropping to the newest tokens is what LmkitLM does silently, so these are
+    no news (the harness's other warnings still show)."""
+    names = ("lm_eval.models.huggingface", "transformers.tokenization_utils_base")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def task_names(task_dir: str | os.PathLike) -> list[str]:
     """The ``task:`` names of the YAML files in ``task_dir``."""
     specs = (yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(Path(task_dir).glob("*.yaml")))
     return [s["task"] for s in specs if isinstance(s, dict) and "task" in s]
 
 
-def run_harness(lm: LmkitLM, task_dir: str | os.PathLike, tasks: Sequence[str] | None = None,
+def run_harness(lm: LmkitLM | str, task_dir: str | os.PathLike, tasks: Sequence[str] | None = None,
                 limit: int | float | None = None, num_fewshot: int = 0, **kwargs) -> dict:
     """``lm_eval.simple_evaluate`` on the tasks defined in ``task_dir`` (default: all of them), offline.
+
+    ``lm``: an ``LmkitLM``, or the name of one of the harness's own model types with its
+    ``model_args``: ``run_harness("hf", task_dir, model_args=hf_model_args(OUT_DIR))`` evaluates a
+    folder written by ``lmkit.export.to_hf`` through the harness's Hugging Face backend.
 
     Only ``task_dir`` is indexed (not the harness's built-in tasks: that takes seconds and none of
     them is reachable offline). ``limit``: examples per task (a float below 1: a fraction).
@@ -375,11 +397,26 @@ def run_harness(lm: LmkitLM, task_dir: str | os.PathLike, tasks: Sequence[str] |
         raise ValueError(f"no task YAML in {task_dir}; write one with build_last_word_task")
     kwargs.setdefault("bootstrap_iters", 0)  # stderr by bootstrap costs seconds per metric
     kwargs.setdefault("log_samples", False)
-    with _offline():
+    with _offline(), _quiet_truncation():
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         # num_fewshot None keeps the task's own setting (0 for ours) without the harness's override warning
         return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                        num_fewshot=num_fewshot or None, **kwargs)
+
+
+def hf_model_args(folder: str | os.PathLike, prefix: str = "\n", **extra) -> str:
+    """``model_args`` for the harness's own ``hf`` model on a folder written by ``lmkit.export.to_hf``:
+    ``pretrained=FOLDER`` and ``prefix_token_id``, the token that conditions a first token with no
+    context before it — the newline, as ``LmkitLM`` uses (a character vocabulary has no end-of-text
+    token for the harness to fall back on). ``extra``: more arguments (``dtype="float32"``)."""
+    from transformers import AutoTokenizer  # seconds to import: only when an export is evaluated
+
+    ids = AutoTokenizer.from_pretrained(folder, local_files_only=True).encode(prefix)
+    if len(ids) != 1:
+        raise ValueError(f"prefix={prefix!r} is {len(ids)} tokens for the tokenizer in {folder}; pass one "
+                         f"that is a single token")
+    args = {"pretrained": folder, "prefix_token_id": ids[0], "device": auto_device().type, **extra}
+    return ",".join(f"{k}={v}" for k, v in args.items())
 
 
 def results_frame(results: dict):
