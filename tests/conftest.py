@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models and token streams that train in well under a second."""
 
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -34,3 +36,17 @@ def make_model(**overrides) -> GPT:
 
 def make_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**TINY_TRAIN, **overrides})
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuses and records every outgoing connection (a caller may swallow the error)."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError(f"network access attempted in a test: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"

@@ -46,7 +46,7 @@ IDS = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(2))  
                                                         ("rope", "GPTNeoXForCausalLM")])
 @pytest.mark.parametrize("tie_weights", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_exported_logits_equal_lmkits(tmp_path, pos_encoding, architecture, tie_weights, bias):
+def test_exported_logits_equal_lmkits(tmp_path, no_network, pos_encoding, architecture, tie_weights, bias):
     model = perturbed(pos_encoding=pos_encoding, tie_weights=tie_weights, bias=bias)
     result = to_hf(model, tmp_path / "hf", CharTokenizer(CHARS))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -68,7 +68,8 @@ def trained_run(tmp_path, token_data, **model_overrides):
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
-def test_a_trained_run_exported_by_the_cli_generates_the_same_tokens(tmp_path, token_data, capsys, pos_encoding):
+def test_a_trained_run_exported_by_the_cli_generates_the_same_tokens(tmp_path, token_data, capsys, no_network,
+                                                                    pos_encoding):
     run, trainer = trained_run(tmp_path, token_data, pos_encoding=pos_encoding)
     assert main(["export", str(run), str(tmp_path / "hf")]) == 0
     assert "transformers' logits equal lmkit's" in capsys.readouterr().out
@@ -140,7 +141,7 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
-def test_transformer_lens_sees_the_same_attention_patterns(tmp_path, pos_encoding):
+def test_transformer_lens_sees_the_same_attention_patterns(tmp_path, no_network, pos_encoding):
     pytest.importorskip("transformer_lens")
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -155,11 +156,12 @@ def test_transformer_lens_sees_the_same_attention_patterns(tmp_path, pos_encodin
         assert torch.allclose(cache["pattern", layer], ours[layer], atol=1e-5, rtol=0)
 
 
-def test_lm_evals_own_hf_backend_scores_the_export_as_lmkitlm_does(tmp_path, token_data):
+def test_lm_evals_own_hf_backend_scores_the_export_as_lmkitlm_does(tmp_path, token_data, no_network):
     pytest.importorskip("lm_eval")
     from lmkit.harness import LmkitLM, build_last_word_task, hf_model_args, results_frame, run_harness
 
     from .test_harness import plays
+
 
     run, _ = trained_run(tmp_path, token_data)
     to_hf(run, tmp_path / "hf")

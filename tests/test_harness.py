@@ -3,7 +3,6 @@
 import json
 import math
 import random
-import socket
 
 import pytest
 import torch
@@ -148,20 +147,6 @@ def test_build_last_word_task_cuts_passages_from_the_texts(tmp_path):
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     return checkpoint.save(tmp_path / "ckpt", make_model(), CharTokenizer(CHARS))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Refuses and records every outgoing connection (a caller may swallow the error)."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError(f"network access attempted in a test: {args}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    yield attempts
-    assert not attempts, f"network access attempted: {attempts}"
 
 
 @pytest.mark.slow
