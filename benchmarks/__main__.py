@@ -1,7 +1,8 @@
 """``python -m benchmarks [NAME ...] [options]`` — run lmkit's benchmarks (``make bench`` runs them all).
 
 Names: train (step throughput vs Hugging Face GPT-2), time_to_loss, generation (KV cache),
-attention (capture and explorer latency), data (corpus preparation). Each prints a table and
+attention (capture and explorer latency), data (corpus preparation), sweep (a notebook sweep, locally
+and through Dask). Each prints a table and
 appends it, with machine info, to ``benchmarks/results/<name>.csv``. ``python -m benchmarks NAME -h``
 lists a benchmark's options.
 """
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-NAMES = ("train", "time_to_loss", "generation", "attention", "data")
+NAMES = ("train", "time_to_loss", "generation", "attention", "data", "sweep")
 
 
 def main(argv: list[str] | None = None) -> int:

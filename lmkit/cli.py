@@ -8,6 +8,7 @@ flat or under ``model:``/``train:``. Unknown keys are refused by name before any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -19,10 +20,13 @@ import sys
 import typing
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from . import checkpoint, data, runs
 from .callbacks import TensorBoardCallback
 from .device import auto_device, autocast_dtype, init_distributed, seed_everything
 from .evaluate import evaluate_checkpoint, lm_loss, sample_texts, stream_text
+from .executors import check_gpus_per_run, cuda_device_count, dask_client
 from .export import to_hf
 from .logs import show_logs
 from .model import GPT, GPTConfig
@@ -293,9 +297,17 @@ def cmd_export(args) -> Path:
 
 
 def cmd_run(args) -> Path:
-    """The main job behind `make run`: the numbered notebooks, in order, with papermill."""
+    """The main job behind `make run`: the numbered notebooks, in order, with papermill (``--scheduler``:
+    the whole pipeline as one task on a Dask worker)."""
     notebooks = [_find_notebook(n) for n in args.notebooks] if args.notebooks else None
-    out = runs.run_pipeline(notebooks, profile=args.parameters, runs_root=args.runs_root, log=print)
+    if args.scheduler is not None:
+        with _executor(args.scheduler, None, None) as executor:
+            print(f"the pipeline runs as one task on a worker of {args.scheduler}; its progress is in the "
+                  f"notebooks' .log files under {args.runs_root}")
+            out = executor.submit(runs.run_pipeline, notebooks, profile=args.parameters, runs_root=args.runs_root,
+                                  progress=False).result()
+    else:
+        out = runs.run_pipeline(notebooks, profile=args.parameters, runs_root=args.runs_root, log=print)
     if args.store_checked_outputs:
         for nb in notebooks or runs.numbered_notebooks():
             kept = runs.store_checked_outputs(out / Path(nb).name, nb)
@@ -312,10 +324,15 @@ class RunsFailed(RuntimeError):
 
 
 def cmd_sweep(args) -> Path:
-    """A notebook over a parameter grid with papermill: one run folder per combination."""
-    notebook = _find_notebook(args.notebook)
+    """A notebook over a parameter grid with papermill: one run folder per combination (``--resume``:
+    the combinations of a sweep folder that did not finish)."""
+    if args.resume is None and (args.notebook is None or not args.param):
+        raise ValueError("give a notebook and at least one swept parameter (lmkit sweep 03 -p n_layer 2 4), "
+                         "or --resume SWEEP_DIR to finish an earlier sweep")
+    if args.resume is not None and args.notebook is not None:
+        raise ValueError(f"--resume {args.resume} runs the notebook recorded in that sweep; leave out {args.notebook!r}")
     grid = {}
-    for name, *values in args.param:
+    for name, *values in args.param or []:
         if not values:
             raise ValueError(f"-p {name} has no values; list them after the name, e.g. -p {name} 2 4")
         if name in grid:
@@ -326,18 +343,45 @@ def cmd_sweep(args) -> Path:
         if name in fixed:
             raise ValueError(f"--set {name} is given twice; to try several values, sweep it: -p {name} V1 V2")
         fixed[name] = value
-    table = runs.sweep(notebook, grid, fixed=fixed, parallel=args.parallel,
-                       runs_root=args.runs_root, name=args.name, log=print)
+    options = dict(parallel=args.parallel, gpus_per_run=args.gpus_per_run, retries=args.retries, log=tqdm.write)
+    with _executor(args.scheduler, args.gpus_per_run, args.parallel) as executor:
+        if args.resume is not None:
+            table = runs.resume_sweep(args.resume, grid=grid or None, fixed=fixed or None, executor=executor, **options)
+            grid = {c: None for c in runs.read_config(args.resume).get("grid", {})}
+        else:
+            table = runs.sweep(_find_notebook(args.notebook), grid, fixed=fixed, executor=executor,
+                               runs_root=args.runs_root, name=args.name, **options)
     numbers = [c for c in ("val_loss", "bits_per_char", "best_val_loss", "final_val_loss") if c in table]
     failed = table[table["status"] != "ok"]
-    shown = ["run", "status", *grid, *numbers, "seconds"] + (["error"] if len(failed) else [])
+    shown = ["run", "status", *(c for c in grid if c in table), *numbers, "seconds"] + (["error"] if len(failed) else [])
     folder = Path(table.attrs["folder"])
     text = table[shown].fillna({"error": ""}).to_string(index=False, max_colwidth=70)
     print(f"\n{text}\n\nall columns: {folder / 'results.csv'}")
     if len(failed):
         raise RunsFailed(f"{len(failed)} of {len(table)} run(s) failed; each failed run folder holds the "
-                         f"executed notebook (.ipynb, .html) showing the error")
+                         f"executed notebook (.ipynb, .html) showing the error; run them again with "
+                         f"`python -m lmkit sweep --resume {folder}`")
     return folder
+
+
+@contextlib.contextmanager
+def _executor(scheduler: str | None, gpus_per_run: int | None, parallel: int | None):
+    """None (the local pool), or the executor of a Dask client connected to ``scheduler`` — checked to
+    answer, and with ``gpus_per_run`` that every worker has that many devices, before any work."""
+    if scheduler is None:
+        yield None
+        return
+    if parallel is not None:
+        raise ValueError(f"--parallel {parallel} sets the local pool; with --scheduler the Dask workers decide "
+                         f"how many runs go at once (dask worker --nthreads K)")
+    client = dask_client(scheduler)
+    try:
+        if gpus_per_run is not None:
+            for worker, devices in client.run(cuda_device_count).items():
+                check_gpus_per_run(gpus_per_run, devices, where=f"the Dask worker {worker}")
+        yield client.get_executor()
+    finally:
+        client.close()
 
 
 def _find_notebook(name: str) -> Path:
@@ -393,6 +437,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="parameters file, e.g. notebooks/params/gpu.yaml (sections per notebook, or 'all')")
     r.add_argument("--notebooks", nargs="+", default=None, help="only these notebooks (e.g. 01 03_training)")
     r.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where the pipeline's run folder is created")
+    r.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run the whole pipeline as one task on this Dask scheduler's workers (they must see "
+                        "--runs-root at the same path)")
     r.add_argument("--store-checked-outputs", action="store_true",
                    help="afterwards, copy the outputs of cells tagged nbval-check-output back into the "
                         "notebooks (and clear all other outputs): what `make test` compares")
@@ -402,12 +449,22 @@ def make_parser() -> argparse.ArgumentParser:
                        description="run a notebook once per combination of parameter values (papermill), "
                                    "each into its own run folder; the results collect into results.csv",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    w.add_argument("notebook", help="a notebook path, or a numbered notebook's name (03_training, 03)")
-    w.add_argument("-p", "--param", nargs="+", action="append", required=True, metavar=("NAME", "VALUE"),
+    w.add_argument("notebook", nargs="?", help="a notebook path, or a numbered notebook's name (03_training, 03)")
+    w.add_argument("-p", "--param", nargs="+", action="append", metavar=("NAME", "VALUE"),
                    help="a swept parameter and its values (repeat -p for more; every combination runs)")
     w.add_argument("--set", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a parameter with one value for every run (repeatable)")
-    w.add_argument("--parallel", type=int, default=1, help="notebooks run at once (one kernel each)")
+    w.add_argument("--parallel", type=int, default=None,
+                   help="notebooks run at once on this machine (one kernel each); default 1, or with "
+                        "--gpus-per-run as many as the devices allow")
+    w.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="send the runs to this Dask scheduler's workers (dask scheduler / dask worker, or a "
+                        "dask-jobqueue cluster); they must see --runs-root at the same path")
+    w.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
+                   help="CUDA devices each run gets to itself (CUDA_VISIBLE_DEVICES); runs at once = devices // K")
+    w.add_argument("--retries", type=int, default=0, help="extra attempts of a combination that failed")
+    w.add_argument("--resume", default=None, metavar="SWEEP_DIR",
+                   help="run again what did not finish in this sweep folder, with the grid recorded there")
     w.add_argument("--runs-root", default=str(runs.RUNS_DIR), help="where the sweep folder is created")
     w.add_argument("--name", default=None, help="suffix of the sweep folder name; None: sweep-<notebook name>")
     w.set_defaults(func=cmd_sweep)

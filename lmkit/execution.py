@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 import zmq
 from jupyter_client.manager import AsyncKernelManager
 from tqdm.auto import tqdm
-from traitlets import Unicode
+from traitlets import Dict, Unicode
 from traitlets.config import Config
 
 KERNEL = "python3"
@@ -43,19 +44,23 @@ class LoggedKernelManager(AsyncKernelManager):
     the notebook.)"""
 
     output_path = Unicode("", config=True, help="file the kernel process's own output is appended to")
+    extra_env = Dict(config=True, help="environment variables set for the kernel process only (its devices, "
+                                       "its threads)")
 
     async def start_kernel(self, **kw):
+        if self.extra_env:
+            kw["env"] = {**kw.get("env", os.environ), **self.extra_env}
         if not self.output_path:
             return await super().start_kernel(**kw)
         with open(self.output_path, "ab") as out:  # the kernel process keeps its own descriptor
             return await super().start_kernel(**{**kw, "stdout": out, "stderr": out})
 
 
-def kernel_config(output_path: Path | str = "") -> Config:
+def kernel_config(output_path: Path | str = "", env: dict | None = None) -> Config:
     """The traitlets config of ``LoggedKernelManager``: encrypted transport where pyzmq has CurveZMQ
-    (libsodium), the kernel's own output to ``output_path``."""
+    (libsodium), the kernel's own output to ``output_path``, ``env`` added to its environment."""
     return Config({"LoggedKernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled",
-                                           "output_path": str(output_path)}})
+                                           "output_path": str(output_path), "extra_env": dict(env or {})}})
 
 
 class CellProgress:
@@ -134,10 +139,11 @@ def _papermill_messages(stream):
         logger.removeHandler(handler)
 
 
-def execute(source, target, parameters: dict | None = None, *, cwd=None,
+def execute(source, target, parameters: dict | None = None, *, cwd=None, env: dict | None = None,
             progress: CellProgress | None = None) -> Path:
     """Execute notebook ``source`` into ``target`` with papermill (``parameters`` injected after its
-    ``parameters`` cell), the kernel started in ``cwd`` (default: the notebook's folder). Returns the
+    ``parameters`` cell), the kernel started in ``cwd`` (default: the notebook's folder) with ``env``
+    added to its environment (this process's stays as it is). Returns the
     log file, ``target`` with the suffix ``.log``. A failing cell raises papermill's
     ``PapermillExecutionError``; the partly executed notebook is at ``target`` and its output in the
     log."""
@@ -149,7 +155,8 @@ def execute(source, target, parameters: dict | None = None, *, cwd=None,
     started = time.time()
     with open(log_path, "a", encoding="utf-8", buffering=1) as log, _papermill_messages(log):
         log.write(f"== {source} → {target}\n== parameters {json.dumps(parameters or {}, default=str)}\n"
-                  f"== kernel {KERNEL} in {cwd}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                  + (f"== environment {json.dumps(env)}\n" if env else "")
+                  + f"== kernel {KERNEL} in {cwd}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         counter = {"n": 0}
 
         def on_notebook_start(notebook, **_):
@@ -172,7 +179,7 @@ def execute(source, target, parameters: dict | None = None, *, cwd=None,
             papermill.execute_notebook(
                 str(source), str(target), parameters=parameters or {}, kernel_name=KERNEL, progress_bar=False,
                 stdout_file=log, stderr_file=log, resources={"metadata": {"path": str(cwd)}},
-                kernel_manager_class=LoggedKernelManager, config=kernel_config(log_path),
+                kernel_manager_class=LoggedKernelManager, config=kernel_config(log_path, env),
                 on_notebook_start=on_notebook_start, on_cell_start=on_cell_start, on_cell_executed=on_cell_executed)
         except BaseException as e:
             log.write(f"== failed after {time.time() - started:.1f} s: {type(e).__name__}: {e}\n")

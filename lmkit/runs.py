@@ -1,7 +1,7 @@
 """The run registry: every run below a root as one pandas table (``load_runs``), the newest
 pretraining run's checkpoint, the runs 05 evaluates — and, re-exported, the run folders themselves
 (``lmkit.rundir``: ``new_run``, ``lock_run``, ...) and the notebook pipelines and sweeps
-(``lmkit.pipeline``: ``run_pipeline``, ``sweep``, ...), so ``lmkit.runs`` stays the one place a user
+(``lmkit.pipeline``: ``run_pipeline``, ...; ``lmkit.sweeps``: ``sweep``, ``resume_sweep``), so ``lmkit.runs`` stays the one place a user
 looks for runs.
 
 A sweep (``sweep(notebook, grid)``) is a container folder of runs, each with a ``status.json``, plus
@@ -26,7 +26,6 @@ from .pipeline import (
     NOTEBOOK_DIR,
     PipelineError,
     check_parameters,
-    expand_grid,
     headline,
     load_profile,
     notebook_parameters,
@@ -34,7 +33,6 @@ from .pipeline import (
     read_summary,
     run_pipeline,
     store_checked_outputs,
-    sweep,
 )
 from .rundir import (
     LOCK_CLAIM_SECONDS,
@@ -50,6 +48,7 @@ from .rundir import (
     read_config,
     val_losses,
 )
+from .sweeps import expand_grid, resume_sweep, sweep
 from .trainer import TrainConfig, Trainer
 
 __all__ = [
@@ -60,7 +59,7 @@ __all__ = [
     "read_config", "load_metrics", "flatten_config", "val_losses",
     # notebook pipelines and sweeps (lmkit.pipeline)
     "NOTEBOOK_DIR", "CHECKED_TAG", "PipelineError", "numbered_notebooks", "notebook_parameters", "check_parameters",
-    "load_profile", "read_summary", "headline", "run_pipeline", "expand_grid", "sweep", "store_checked_outputs",
+    "load_profile", "read_summary", "headline", "run_pipeline", "expand_grid", "sweep", "resume_sweep", "store_checked_outputs",
 ]
 
 
