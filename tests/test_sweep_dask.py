@@ -258,3 +258,16 @@ def test_resume_refuses_a_folder_that_is_not_a_sweep_and_a_different_grid(notebo
     assert main(["sweep", str(notebook), "--resume", str(folder)]) == 2
     assert "leave out" in capsys.readouterr().err
     assert (folder / "results.csv").read_bytes() == before
+
+
+def test_cli_run_sends_a_whole_pipeline_to_the_cluster_as_one_task(notebook, cluster, tmp_path, capsys):
+    assert main(["run", "--notebooks", str(notebook), "--scheduler", cluster, "--parameters",
+                 str(write_profile(tmp_path / "params.yaml")), "--runs-root", str(tmp_path)]) == 0
+    (summary,) = tmp_path.glob("*-pipeline/summary.json")
+    assert json.loads(summary.read_text())["toy"]["product"] == 1.0  # a=2, b=0.5: run on the worker
+    assert f"one task on a worker of {cluster}" in capsys.readouterr().out
+
+
+def write_profile(path):
+    path.write_text("toy:\n  a: 2\n", encoding="utf-8")
+    return path
