@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +241,15 @@ def _verify(folder: Path, model: GPT, tokenizer: TokenizerBase | None) -> float:
     return diff
 
 
+def _as_umask_allows(folder: Path) -> None:
+    """File modes as the umask allows: safetensors writes the weights readable by their owner only,
+    which would hide an export from the other users of a shared machine."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+
+
 @contextmanager
 def _quiet_transformers():
     """No "Writing model shards" / "Loading weights" bars for the small files of an export."""
@@ -276,13 +285,15 @@ def to_hf(checkpoint_or_model, out_dir, tokenizer: TokenizerBase | None = None, 
     hf = hf_cls(hf_config(model.config, tokenizer))
     hf.load_state_dict(hf_state_dict(model, hf), strict=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()  # mkdir keeps the umask (mkdtemp would make the export readable by its owner only)
     try:
         with _quiet_transformers():
             hf.save_pretrained(staging)
             if tokenizer is not None:
                 hf_tokenizer(tokenizer, model.config.block_size).save_pretrained(staging)
             diff = _verify(staging, model, tokenizer)
+        _as_umask_allows(staging)
         fsync_tree(staging)
         swap_into_place(staging, out, out.parent / f".{out.name}.old-{os.getpid()}")
     finally:

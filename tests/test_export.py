@@ -3,6 +3,7 @@ computes the same thing there; TensorBoardCallback writes the trainer's scalars.
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -208,3 +209,14 @@ def test_train_tensorboard_flag_writes_event_files(tmp_path, capsys):
                  "--device", "cpu", "--tensorboard"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_export_is_readable_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        to_hf(make_model(), tmp_path / "hf", CharTokenizer(CHARS))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()} == {
+        p.name: 0o644 for p in (tmp_path / "hf").iterdir()}  # the weights too, not only their owner
