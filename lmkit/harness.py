@@ -408,7 +408,8 @@ def hf_model_args(folder: str | os.PathLike, prefix: str = "\n", **extra) -> str
     """``model_args`` for the harness's own ``hf`` model on a folder written by ``lmkit.export.to_hf``:
     ``pretrained=FOLDER`` and ``prefix_token_id``, the token that conditions a first token with no
     context before it — the newline, as ``LmkitLM`` uses (a character vocabulary has no end-of-text
-    token for the harness to fall back on). ``extra``: more arguments (``dtype="float32"``)."""
+    token for the harness to fall back on) — and ``device`` (cuda > mps > cpu; the harness's own
+    default is cuda). ``extra``: more arguments (``dtype="float32"``, ``batch_size=16``)."""
     from transformers import AutoTokenizer  # seconds to import: only when an export is evaluated
 
     ids = AutoTokenizer.from_pretrained(folder, local_files_only=True).encode(prefix)
