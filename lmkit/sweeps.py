@@ -171,7 +171,7 @@ def resume_sweep(folder, *, grid=None, fixed: dict | None = None, parallel: int 
     notebook = Path(config["notebook"])
     if not notebook.is_file():
         raise ValueError(f"the sweep's notebook {notebook} no longer exists; put it back to resume {folder.name}")
-    plan, swept, recorded_fixed, recorded, takes_run_dir = _plan(notebook, config["grid"], dict(config.get("fixed") or {}))
+    plan, swept, _, _, takes_run_dir = _plan(notebook, config["grid"], dict(config.get("fixed") or {}))
     for given, kept, what in ((grid, config["grid"], "grid"), (fixed, config.get("fixed") or {}, "fixed parameters")):
         if given is not None:
             given_recorded = _plan(notebook, given, {})[3] if what == "grid" else check_parameters(notebook, given)
