@@ -22,7 +22,9 @@ but its notebook (scheduling, the status and results files, the HTML page). Targ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +55,6 @@ def _fixed(data: Path, steps: int, runs_root: Path) -> dict:
 
 def _ways(quick: bool):
     """(name, runs at once, runs sharing the cores, a context manager giving (executor or None, parallel))."""
-    import contextlib
-
     from distributed import Client, LocalCluster
 
     @contextlib.contextmanager
@@ -68,7 +68,8 @@ def _ways(quick: bool):
 
     @contextlib.contextmanager
     def dask(k):
-        with LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        saved = dict(os.environ)  # the cluster's nannies set OMP_NUM_THREADS=1 here: put it back afterwards
+        with _restored(saved), LocalCluster(n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             client.run(importlib.import_module, "lmkit.sweeps")  # a worker's first import: once per worker, untimed
             yield client.get_executor(), None
@@ -76,6 +77,15 @@ def _ways(quick: bool):
     ways = [("local×1", 1, 1, local), ("local×2", 2, 2, local), ("local×2 all cores", 2, 1, naive),
             ("dask×1", 1, 1, dask), ("dask×2", 2, 2, dask)]  # name, runs at once, cores shared by
     return [w for w in ways if w[0] in ("local×1", "local×2", "dask×2")] if quick else ways
+
+
+@contextlib.contextmanager
+def _restored(environ: dict):
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def main(args: argparse.Namespace):
