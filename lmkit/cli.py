@@ -347,13 +347,12 @@ def cmd_sweep(args) -> Path:
     with _executor(args.scheduler, args.gpus_per_run, args.parallel) as executor:
         if args.resume is not None:
             table = runs.resume_sweep(args.resume, grid=grid or None, fixed=fixed or None, executor=executor, **options)
-            grid = {c: None for c in runs.read_config(args.resume).get("grid", {})}
         else:
             table = runs.sweep(_find_notebook(args.notebook), grid, fixed=fixed, executor=executor,
                                runs_root=args.runs_root, name=args.name, **options)
     numbers = [c for c in ("val_loss", "bits_per_char", "best_val_loss", "final_val_loss") if c in table]
     failed = table[table["status"] != "ok"]
-    shown = ["run", "status", *(c for c in grid if c in table), *numbers, "seconds"] + (["error"] if len(failed) else [])
+    shown = ["run", "status", *table.attrs["swept"], *numbers, "seconds"] + (["error"] if len(failed) else [])
     folder = Path(table.attrs["folder"])
     text = table[shown].fillna({"error": ""}).to_string(index=False, max_colwidth=70)
     print(f"\n{text}\n\nall columns: {folder / 'results.csv'}")

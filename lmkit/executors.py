@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["SCHEDULER_HELP", "DeviceSlots", "check_gpus_per_run", "cpu_threads", "cuda_device_count",
+__all__ = ["SCHEDULER_HELP", "DeviceSlots", "check_gpus_per_run", "check_gpus_per_run_value", "cpu_threads", "cuda_device_count",
            "dask_client", "local_executor", "run_environment", "runs_at_once", "worker_concurrency"]
 
 SCHEDULER_HELP = ("start one with `dask scheduler` (it prints its address, tcp://HOST:8786) and a worker on each "
@@ -40,12 +40,18 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_gpus_per_run_value(gpus_per_run: int | None) -> None:
+    """Refuse a ``gpus_per_run`` that is not None or a whole number >= 1 (ValueError)."""
+    if gpus_per_run is not None and (isinstance(gpus_per_run, bool) or not isinstance(gpus_per_run, int)
+                                     or gpus_per_run < 1):
+        raise ValueError(f"gpus_per_run={gpus_per_run!r} must be a whole number >= 1 (or None on CPU machines)")
+
+
 def check_gpus_per_run(gpus_per_run: int | None, devices: int | None = None, where: str = "this machine") -> None:
     """Refuse a ``gpus_per_run`` that ``where`` (with ``devices`` CUDA devices) cannot give (ValueError)."""
+    check_gpus_per_run_value(gpus_per_run)
     if gpus_per_run is None:
         return
-    if isinstance(gpus_per_run, bool) or not isinstance(gpus_per_run, int) or gpus_per_run < 1:
-        raise ValueError(f"gpus_per_run={gpus_per_run!r} must be a whole number >= 1 (or None on CPU machines)")
     devices = cuda_device_count() if devices is None else devices
     if devices == 0:
         raise ValueError(f"--gpus-per-run {gpus_per_run}: {where} has no CUDA device; leave the option out (on the "

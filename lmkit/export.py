@@ -106,13 +106,8 @@ def hf_config(cfg: GPTConfig, tokenizer: TokenizerBase | None = None):
 
 def _gpt2_names(model: GPT) -> dict[str, torch.Tensor]:
     """lmkit tensors under GPT-2's names; Conv1D weights are (in, out), so Linear weights are transposed."""
-    out = {}
-    for name, p in model.state_dict().items():
-        if name == "lm_head.weight":
-            out[name] = p
-            continue
-        w = p.t() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else p
-        out[name] = w
+    out = {name: p.t() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else p
+           for name, p in model.state_dict().items()}
     if model.config.pos_encoding == "sinusoidal":  # the fixed table as GPT-2's position embedding
         out["transformer.wpe.weight"] = model.pe
     return out
@@ -147,6 +142,7 @@ def hf_state_dict(model: GPT, hf_model: torch.nn.Module) -> dict[str, torch.Tens
     theirs = hf_model.state_dict()
     if "lm_head.weight" in theirs and "embed_out.weight" in ours:  # newer transformers name GPT-NeoX's head so
         ours["lm_head.weight"] = ours.pop("embed_out.weight")
+    buffers = dict(hf_model.named_buffers())
     filled, missing = {}, []
     for name, target in theirs.items():
         if name in ours:
@@ -155,7 +151,7 @@ def hf_state_dict(model: GPT, hf_model: torch.nn.Module) -> dict[str, torch.Tens
             filled[name] = src.clone()
         elif name.endswith(".bias") and not model.config.bias:
             filled[name] = torch.zeros_like(target)  # a Linear or LayerNorm without bias = zero bias
-        elif name in dict(hf_model.named_buffers()):
+        elif name in buffers:
             filled[name] = target  # the model's own constants (causal masks, rotary frequencies)
         else:
             missing.append(name)

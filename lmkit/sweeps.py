@@ -33,7 +33,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .execution import execute
-from .executors import check_gpus_per_run, local_executor, run_environment, runs_at_once
+from .executors import (
+    check_gpus_per_run,
+    check_gpus_per_run_value,
+    local_executor,
+    run_environment,
+    runs_at_once,
+)
 from .files import read_json, read_json_object, write_bytes_atomic, write_json_atomic
 from .params import is_int
 from .pipeline import check_parameters, notebook_parameters, read_summary
@@ -84,9 +90,9 @@ def _check_run_options(parallel, retries, gpus_per_run, executor) -> None:
         raise ValueError(f"executor={executor!r} is not a concurrent.futures.Executor (e.g. "
                          f"dask.distributed.Client(address).get_executor())")
     if executor is None:
-        check_gpus_per_run(gpus_per_run)  # a Dask cluster's devices are checked on its workers (cli)
+        check_gpus_per_run(gpus_per_run)
     else:
-        check_gpus_per_run(gpus_per_run, devices=gpus_per_run or 0)  # only the number itself
+        check_gpus_per_run_value(gpus_per_run)  # a Dask cluster's devices are checked on its workers (cli)
 
 
 def _plan(notebook: Path, grid, fixed: dict) -> tuple[list[dict], list[str], dict, object, bool]:
@@ -147,7 +153,7 @@ def sweep(notebook, grid, *, fixed: dict | None = None, parallel: int | None = N
                      {"kind": SWEEP_KIND, "notebook": str(notebook), "grid": recorded, "fixed": fixed})
     rows = []
     for params in plan:
-        run = new_run(folder, _slug({k: params[k] for k in swept}), {"sweep_params": params})
+        run = new_run(folder, _slug({k: params[k] for k in swept if k in params}), {"sweep_params": params})
         rows.append({"run": run.name, "path": str(run), "status": "pending", "error": None, "seconds": None,
                      "attempts": 0, **{k: params.get(k) for k in swept}})
     return _run_all(folder, notebook, rows, plan, list(range(len(rows))), takes_run_dir, parallel=parallel,
@@ -183,7 +189,7 @@ def resume_sweep(folder, *, grid=None, fixed: dict | None = None, parallel: int 
     for i, params in enumerate(plan):
         row = done[i] if i < len(done) else None
         if row is None or not Path(row["path"]).is_dir():
-            run = new_run(folder, _slug({k: params[k] for k in swept}), {"sweep_params": params})
+            run = new_run(folder, _slug({k: params[k] for k in swept if k in params}), {"sweep_params": params})
             row = {"run": run.name, "path": str(run), "attempts": 0, **{k: params.get(k) for k in swept}}
         status = read_json_object(Path(row["path"]) / STATUS_FILE)
         if status.get("status") != "ok":
@@ -191,8 +197,7 @@ def resume_sweep(folder, *, grid=None, fixed: dict | None = None, parallel: int 
             todo.append(i)
         elif row.get("status") != "ok":  # it finished after the client that started it had stopped
             row.update(status="ok", error=None, seconds=status.get("seconds"), attempts=status.get("attempt"))
-            row.update(_numbers({**_summary_of(Path(row["path"]) / notebook.name),
-                                 **val_losses(load_metrics(row["path"]))}, params))
+            row.update(_numbers(_numbers_of(Path(row["path"]), notebook.name), params))
         rows.append(row)
     return _run_all(folder, notebook, rows, plan, todo, takes_run_dir, parallel=parallel, executor=executor,
                     gpus_per_run=gpus_per_run, retries=retries, log=log, progress=progress)
@@ -252,6 +257,7 @@ def _run_all(folder: Path, notebook: Path, rows: list[dict], plan: list[dict], t
         bar.close()
         os.chdir(cwd)
     table = _write_results(folder, rows)
+    table.attrs["swept"] = list(dict.fromkeys(k for params in plan for k in params if k in rows[0]))
     failed = sum(row["status"] != "ok" for row in rows)
     log(f"sweep {folder.name}: {len(rows) - failed} ok, {failed} failed; results in {folder / 'results.csv'}")
     return table
@@ -316,7 +322,7 @@ def run_combination(spec: dict) -> dict:
     same_submission = previous.get("token") == spec["token"]
     if same_submission and previous.get("status") == "ok":  # Dask recomputes a result its worker lost
         return {"status": {k: previous.get(k) for k in ("status", "error", "seconds")} | {"attempts": previous["attempt"]},
-                "numbers": {**_summary_of(run / Path(spec["notebook"]).name), **val_losses(load_metrics(run))}}
+                "numbers": _numbers_of(run, Path(spec["notebook"]).name)}
     attempt = previous.get("attempt", 0) if same_submission else 0
     status: dict = {}
     while attempt <= spec["retries"]:
@@ -376,19 +382,20 @@ def _attempt(spec: dict, run: Path, attempt: int) -> tuple[dict, dict]:
             export_html(target)
         except Exception as e:  # an unwritable page must not cost the sweep its other runs
             log_.warning("sweep run %s: could not export %s: %s: %s", run.name, target.name, type(e).__name__, e)
-    found = _summary_of(target)
+    numbers = _numbers_of(run, notebook.name)
     write_json_atomic(run / STATUS_FILE, status)  # last: a folder reads as finished only when it is
-    return ({k: status[k] for k in ("status", "error", "seconds")} | {"attempts": attempt},
-            {**found, **val_losses(load_metrics(run))})
+    return {k: status[k] for k in ("status", "error", "seconds")} | {"attempts": attempt}, numbers
 
 
-def _summary_of(target: Path) -> dict:
-    """The summary numbers of an executed notebook; {} when it is missing or unreadable."""
+def _numbers_of(run: Path, notebook_name: str) -> dict:
+    """A run's numbers: its executed notebook's summary ({} when missing or unreadable) and its
+    validation losses."""
+    target, found = run / notebook_name, {}
     try:
-        return read_summary(target) if target.is_file() else {}
+        found = read_summary(target) if target.is_file() else {}
     except Exception as e:  # an unreadable notebook must not cost the sweep its other runs
         log_.warning("sweep: could not read the summary of %s: %s: %s", target, type(e).__name__, e)
-        return {}
+    return {**found, **val_losses(load_metrics(run))}
 
 
 def _write_results(folder: Path, rows: list[dict]) -> pd.DataFrame:

@@ -284,3 +284,12 @@ def test_cli_run_sends_a_whole_pipeline_to_the_cluster_as_one_task(notebook, clu
 def write_profile(path):
     path.write_text("toy:\n  a: 2\n", encoding="utf-8")
     return path
+
+
+def test_cli_resume_of_a_sweep_over_a_list_of_runs(notebook, tmp_path, capsys):
+    table = runs.sweep(notebook, [{"a": 1}, {"a": 3, "b": 1.0}], runs_root=tmp_path, log=lambda line: None,
+                       progress=False)
+    assert table["status"].tolist() == ["ok", "failed"]
+    assert main(["sweep", "--resume", table.attrs["folder"]]) == 1  # a=3 fails again, and the table prints
+    out = capsys.readouterr().out
+    assert " a " in out and " b " in out and "a=3 is refused" in out
