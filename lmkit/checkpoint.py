@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file
 
 from .classifier import GPTClassifier
 from .files import check_shape, fsync_dir, fsync_tree, read_json, sha256, swap_into_place
@@ -110,15 +110,35 @@ def _write_tensors(write, path: Path) -> None:
         raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write tensors ({e})", str(path)) from None
 
 
+def weights_to_save(model: torch.nn.Module, weights: dict | None = None) -> tuple[dict, dict]:
+    """The tensors of ``model.safetensors`` and its metadata: ``weights`` (a full state dict, e.g.
+    gathered from FSDP shards) or else the model's own, on the CPU. A shared (tied) parameter is stored
+    once, under the first of its names in sorted order; the metadata maps each other name to it (what
+    ``safetensors.torch.save_model`` writes, and ``load_model`` reads back)."""
+    state = dict(model.state_dict() if weights is None else weights)
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    aliases = {}
+    for group in names.values():
+        kept, *others = sorted(group)
+        for other in others:
+            if state.pop(other, None) is not None:
+                aliases[other] = kept
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}, aliases
+
+
 def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict | None = None,
          trainer_state: tuple[dict, dict] | None = None, metrics: list | None = None,
-         parent: str | None = None) -> Path:
+         parent: str | None = None, weights: dict | None = None) -> Path:
     """Write a checkpoint folder at ``path`` atomically and return its path.
 
     ``trainer_state`` is ``(tensors, meta)`` from ``Trainer.state_dict()``; without it the checkpoint
     holds a model for inference and fine-tuning but cannot resume training exactly.
     ``model`` may also be a ``lmkit.classifier.GPTClassifier`` (read it back with ``load_classifier``);
     one with LoRA adapters still unmerged saves for resuming only: ``merge_lora`` it first.
+    ``weights``: the full state dict to write instead of ``model.state_dict()`` (a model sharded with
+    FSDP holds only its shard: the Trainer gathers the whole on rank 0 and passes it here).
     """
     path = Path(path)
     model = unwrap(model)
@@ -129,7 +149,8 @@ def save(path, model: GPT, tokenizer=None, *, step: int = 0, train_config: dict 
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write_tensors(lambda: save_model(model, str(tmp / "model.safetensors")), path)
+        tensors, aliases = weights_to_save(model, weights)
+        _write_tensors(lambda: save_file(tensors, str(tmp / "model.safetensors"), metadata=aliases or None), path)
         config = {"format": FORMAT, "step": step, "model": model.config.to_dict(), "train": train_config,
                   "parent": parent}
         config.update(model.checkpoint_config())  # a classifier adds its task and head

@@ -159,7 +159,7 @@ def cmd_train(args) -> Path:
     if info is not None:
         checkpoint.check_same_tokenizer(info, checkpoint.load_tokenizer_of(info), tok, f"the data in {folder}")
     dist_info, device = init_distributed(train_cfg.device)  # rank 0 of 1 unless started by torchrun
-    check_first_step_fits(model_cfg, train_cfg, device)  # before a run folder exists
+    check_first_step_fits(model_cfg, train_cfg, device, world_size=dist_info.world_size)  # before a run folder exists
     run_dir = _run_folder_of(info) if info is not None else None
     if run_dir is None and dist_info.is_main:
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": {"path": str(folder), **{
@@ -186,8 +186,9 @@ def cmd_train(args) -> Path:
         saved = f"saved {trainer.last_checkpoint}" if trainer.last_checkpoint else "nothing saved"
         raise TrainingInterrupted(f"Ctrl-C at step {trainer.step} of {train_cfg.max_steps}, the run is not "
                                   f"finished ({saved}); continue with: python -m lmkit train --resume {run_dir}")
-    if dist_info.is_main:
-        report(trainer.model, tok, val_ds, meta, run_dir, num_samples=args.samples)
+    if dist_info.is_main:  # a sharded model computes only with every process: report on the saved whole
+        model = checkpoint.load(trainer.last_checkpoint, device)[0] if trainer.parallel == "fsdp" else trainer.model
+        report(model, tok, val_ds, meta, run_dir, num_samples=args.samples)
     if dist_info.enabled:
         dist.destroy_process_group()
     return run_dir

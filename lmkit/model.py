@@ -23,6 +23,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .device import available_memory, gib
 
@@ -218,6 +219,11 @@ class GPT(nn.Module):
                              f"but this machine has {gib(have)} of memory available; choose a smaller vocab_size, "
                              f"n_embd, n_layer or block_size")
         self.config = cfg
+        # Recompute each block's activations in the backward pass instead of keeping them (Chen et al.
+        # 2016): memory for activations falls from every layer's to one layer's plus each block's input,
+        # for about one more forward pass of compute. A training setting, not part of the model: the
+        # Trainer sets it from TrainConfig.activation_checkpointing.
+        self.activation_checkpointing = False
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
@@ -290,8 +296,13 @@ class GPT(nn.Module):
             rope = (self.rope_cos[past:past + T], self.rope_sin[past:past + T])  # each (T, hs/2)
         x = self.transformer.drop(x)
         attentions, present = [], []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x, att, kv = block(x, rope, None if past_key_values is None else past_key_values[i], output_attentions)
+            if recompute:  # keep only the block's input; its KV is not kept (training has no cache)
+                x, att, kv = checkpoint(block, x, rope, None, output_attentions, use_reentrant=False)
+                kv = None
+            else:
+                x, att, kv = block(x, rope, None if past_key_values is None else past_key_values[i], output_attentions)
             attentions.append(att)
             present.append(kv)
         return self.transformer.ln_f(x), attentions, present

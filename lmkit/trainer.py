@@ -15,10 +15,12 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Protocol, get_args, runtime_checkable
@@ -38,7 +40,8 @@ from .device import (
     init_distributed,
 )
 from .files import read_json, write_bytes_atomic, write_json_atomic
-from .model import GPTConfig, unwrap
+from .memory import plan_bytes, resolve_mode
+from .model import GPT, Block, GPTConfig, unwrap
 from .rundir import lock_run
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LrSchedule = Literal["cosine", "linear", "constant"]  # the decay after warm-up
 DType = Literal["auto", "float32", "bfloat16"]  # "auto": bf16 autocast on CUDA, fp32 elsewhere
+Parallel = Literal["auto", "ddp", "fsdp"]  # how processes started by torchrun share the work
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,11 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda > mps > cpu
     dtype: DType = "auto"  # "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "float32" / "bfloat16"
     compile: bool = False  # torch.compile: faster on GPUs, ~30 s warm-up, no gain for tiny CPU models
+    # Under torchrun: "auto"/"ddp" keep a whole copy of weights, gradients and AdamW states in every
+    # process (DDP); "fsdp" shards all three across the processes (FSDP2, ZeRO stage 3), for a model
+    # whose training state does not fit one device. Without torchrun, "auto" trains in one process.
+    parallel: Parallel = "auto"  # under torchrun: "auto"/"ddp" = a whole copy per process, "fsdp" = sharded
+    activation_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
     seed: int = 1337  # batch sampling (per rank) and dropout
     progress: bool = True  # tqdm progress bar
 
@@ -101,7 +110,9 @@ class TrainConfig:
         check_device_name(self.device)
         if not _whole(self.seed, 0):
             raise ValueError(f"TrainConfig.seed={self.seed!r} must be an integer >= 0")
-        for name in ("compile", "progress"):
+        if self.parallel not in get_args(Parallel):
+            raise ValueError(f"TrainConfig.parallel={self.parallel!r}; use 'auto', 'ddp' or 'fsdp'")
+        for name in ("compile", "progress", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be True or False")
 
@@ -142,7 +153,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # each with a logged warning and a line in the run's config.json; every other field defines the run
 # (what is learned, from which batches, at which rates) and a different value is refused.
 RESUME_ADJUSTABLE = ("max_steps", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
-                     "keep_last", "device", "dtype", "compile", "progress")
+                     "keep_last", "device", "dtype", "compile", "progress", "parallel", "activation_checkpointing")
 
 
 def resume_changes(saved: dict | None, config: TrainConfig, step: int, where) -> dict[str, tuple]:
@@ -167,33 +178,41 @@ def resume_changes(saved: dict | None, config: TrainConfig, step: int, where) ->
     return changes
 
 
-def first_step_memory(model_cfg, cfg: TrainConfig) -> dict[str, int]:
-    """Bytes the first training step needs at the least, from the configs alone: float32 weights and
-    their gradients, AdamW's two moments (4 × 4 bytes per parameter), and the activations a micro-batch
-    keeps for the backward pass: per layer at least 14 (B, T, C) tensors' worth (block input, q k v,
-    attention output, MLP input, 4C before and after GELU), and the logits with their gradient,
-    2 (B, T, V). A lower bound: the real peak is higher, never lower."""
-    P = model_cfg.parameter_count()
-    B, T, C, V = cfg.batch_size, model_cfg.block_size, model_cfg.n_embd, model_cfg.vocab_size
-    return {"weights": 4 * P, "gradients": 4 * P, "optimizer": 8 * P,
-            "activations": 4 * B * T * (14 * C * model_cfg.n_layer + 2 * V)}
+def parallel_mode(cfg: TrainConfig, world_size: int) -> str:
+    """How this process trains: ``"single"``, ``"ddp"`` or ``"fsdp"``, from ``cfg.parallel`` and the
+    number of processes torchrun started. ``"ddp"`` or ``"fsdp"`` asked of one process is refused
+    (ValueError, saying what to run): there is nothing to share the work with."""
+    if world_size == 1 and cfg.parallel != "auto":
+        raise ValueError(f"TrainConfig.parallel={cfg.parallel!r} shares the training between processes, but this is "
+                         f"one process; start it with torchrun, one process per GPU (or per share of the CPU cores): "
+                         f"`torchrun --nproc_per_node=2 -m lmkit train --parallel {cfg.parallel} ...`, or in Python "
+                         f"`torchrun --nproc_per_node=2 your_script.py`; parallel='auto' trains in one process")
+    return resolve_mode(cfg.parallel, world_size)
 
 
-def check_first_step_fits(model_cfg, cfg: TrainConfig, device, weights_allocated: bool = False) -> None:
+def check_first_step_fits(model_cfg, cfg: TrainConfig, device, weights_allocated: bool = False,
+                          world_size: int = 1) -> None:
     """Refuse (ValueError, with the figures) a training whose first step cannot fit in the memory
-    ``device`` has available. ``weights_allocated``: the model already sits there (its weights are
-    no longer in the available memory)."""
-    need = first_step_memory(model_cfg, cfg)
+    ``device`` has available, by ``lmkit.memory.plan_bytes`` for this process's share of a job of
+    ``world_size`` processes. ``weights_allocated``: the model already sits there (its weights are no
+    longer in the available memory). On a CPU the processes of one machine share its memory."""
+    device = torch.device(device)
+    need = plan_bytes(model_cfg, cfg, world_size, parallel_mode(cfg, world_size), device=device.type)
+    if not need["gathered"]:
+        del need["gathered"]
     if weights_allocated:
-        need.pop("weights")
+        need.pop("parameters")
     have = available_memory(device)
-    if have is None or sum(need.values()) <= have:
+    local = 1 if device.type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if have is None or local * sum(need.values()) <= have:
         return
     parts = ", ".join(f"{name} {gib(n)}" for name, n in need.items())
-    raise ValueError(f"the first training step needs at least {gib(sum(need.values()))} ({parts}; batch_size="
-                     f"{cfg.batch_size} × block_size={model_cfg.block_size}), but {device} has {gib(have)} available; "
-                     f"lower batch_size (grad_accum_steps keeps the effective batch) or block_size, or use a "
-                     f"smaller model")
+    shared = f" for each of {local} processes" if local > 1 else ""
+    raise ValueError(f"the first training step needs about {gib(sum(need.values()))}{shared} ({parts}; batch_size="
+                     f"{cfg.batch_size} × block_size={model_cfg.block_size}; lmkit.memory.memory_plan shows how), but "
+                     f"{device} has {gib(have)} available; lower batch_size (grad_accum_steps keeps the effective "
+                     f"batch) or block_size, set activation_checkpointing=True, shard with parallel='fsdp' over more "
+                     f"processes, or use a smaller model")
 
 
 def check_token_range(dataset, vocab_size: int, name: str) -> None:
@@ -301,12 +320,19 @@ class Trainer:
                 check_token_range(data, vocab_size, name)
         self.config = cfg = config
         self.dist, self.device = init_distributed(cfg.device)
+        self.parallel = parallel_mode(cfg, self.dist.world_size)  # "single", "ddp" or "fsdp"
         if self.device.type == "cuda":
             enable_tf32()
         self.amp_dtype = autocast_dtype(self.device, cfg.dtype)
-        self.model = unwrap(model).to(self.device)  # the plain module: what gets saved
+        self.model = unwrap(model)  # the plain module: what gets saved
+        if self.parallel != "fsdp":  # FSDP moves each process's shard to the device, never the whole model
+            self.model = self.model.to(self.device)
         if isinstance(getattr(self.model, "config", None), GPTConfig):
-            check_first_step_fits(self.model.config, cfg, self.device, weights_allocated=True)
+            check_first_step_fits(self.model.config, cfg, self.device, weights_allocated=self.parallel != "fsdp",
+                                  world_size=self.dist.world_size)
+        for module in self.model.modules():  # a GPT, or the one inside a classifier
+            if isinstance(module, GPT):
+                module.activation_checkpointing = cfg.activation_checkpointing
         self.train_data, self.val_data, self.tokenizer = train_data, val_data, tokenizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
@@ -318,27 +344,70 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._history_log_interval: int | None = None  # the resumed run's own, for rows rewritten from history
         self.batch_generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.dist.rank)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
         if self.run_dir is not None and self.dist.is_main and self.run_dir.is_dir():
             lock_run(self.run_dir)  # before anything is read or written: a second writer fails here
             ckpt.clean_stale(self.run_dir)
         if resume_from is None and self.run_dir is not None and ckpt.list_checkpoints(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds checkpoints of an earlier run; start a fresh folder "
                              f"(lmkit.runs.new_run) or pass resume_from={str(self.run_dir)!r} to continue it")
-        if info is not None:
-            self._restore(info)
-        else:
-            torch.manual_seed(cfg.seed + self.dist.rank)  # dropout masks
+        if info is not None:  # the weights go in before sharding: every process reads the whole file
+            self._restore_weights(info)
         self._ddp = None
         forward = self.model
-        if self.dist.enabled:
+        if self.parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
+            # gradient_as_bucket_view: the all-reduce buckets are the gradients, not a second copy of them
             self._ddp = forward = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
+        elif self.parallel == "fsdp":
+            self._shard()
+        self.optimizer = make_optimizer(self.model, cfg, self.device)  # over the shards, under FSDP
+        if info is not None:
+            self._restore_state(info)
+        else:
+            torch.manual_seed(cfg.seed + self.dist.rank)  # dropout masks
         self._forward = torch.compile(forward) if cfg.compile else forward
         if self.run_dir is not None and self.dist.is_main:
             self._start_run_dir()
+
+    def _shard(self) -> None:
+        """FSDP2: each block, then the whole model, sharded over a 1-D mesh of the processes
+        (``fully_shard``; nccl on CUDA, gloo on CPU), then rank 0's weights copied into every
+        process's shard (DDP does the same at its start), so all processes start from one model.
+        On CUDA with bf16, blocks compute in bf16 and gradients are reduced in fp32."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # FSDP2 warns of any block output that is a view, in case the caller changes it in place; the
+        # blocks' value tensors are views, and nothing in lmkit changes a block's output in place
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        full = self.model.state_dict() if self.dist.is_main else {}
+        mesh = init_device_mesh(self.device.type, (self.dist.world_size,))
+        policy = MixedPrecisionPolicy()
+        if self.amp_dtype == torch.bfloat16:
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in [m for m in self.model.modules() if isinstance(m, Block)]:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(self.model, mesh=mesh, mp_policy=policy)
+        set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+    def _agree_on_stop(self, stop: dict) -> None:
+        """Every process stops after the same step: a signal reaches the processes of a job at slightly
+        different times, and one that stopped alone would leave the others waiting in a collective."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([stop.get("signal", 0)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # SIGTERM (15) outranks SIGINT (2)
+        if int(flag) and "signal" not in stop:
+            stop["signal"] = signal.Signals(int(flag))
+
+    def _parameter_names(self) -> list[str]:
+        """The name of each parameter in the optimizer's order: the ids a plain ``state_dict`` uses."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        return [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
 
     # ------------------------------------------------------------------------------------- loop
     def train(self) -> pd.DataFrame:
@@ -358,6 +427,8 @@ class Trainer:
         try:
             while self.step < cfg.max_steps and not stop:
                 m = self.train_step()
+                if self.dist.enabled:
+                    self._agree_on_stop(stop)
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.2e}",
                                 tok_s=f"{m['tokens_per_sec']:.0f}", refresh=False)
@@ -403,8 +474,9 @@ class Trainer:
                 loss.backward()
             total += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        if self._ddp is not None:  # log the loss of the global batch, not rank 0's shard
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        if self.dist.enabled:  # log the loss of the global batch, not this process's part
             import torch.distributed as dist
 
             dist.all_reduce(total)  # SUM: gloo has no AVG
@@ -444,6 +516,8 @@ class Trainer:
                 with autocast(self.device, self.amp_dtype):
                     losses.append(float(self.model(x, y).loss))
             row[f"{split}_eval_loss" if split == "train" else "val_loss"] = sum(losses) / len(losses)
+        if self.parallel == "fsdp":  # without a backward pass the root keeps its weights gathered: shard them again
+            self.model.reshard()
         self.model.train()
         self._record(row, write=True)
         self._emit("on_eval", row)
@@ -453,10 +527,23 @@ class Trainer:
     def state_dict(self) -> tuple[dict, dict]:
         """Everything but the weights needed to resume exactly: ``(tensors, JSON-able meta)``.
 
-        Under DDP this is a collective call: every rank's batch-sampling and dropout RNG states are
-        gathered, so each rank resumes on its own stream.
+        Under DDP and FSDP this is a collective call: every rank's batch-sampling and dropout RNG
+        states are gathered, so each rank resumes on its own stream; under FSDP the optimizer's
+        shards too (``torch.distributed.checkpoint``'s full state dict, offloaded to rank 0's CPU),
+        keyed as a single process keys it, so the checkpoint resumes with any number of processes.
         """
-        tensors, meta = ckpt.flatten_optimizer_state(self.optimizer.state_dict())
+        if self.parallel == "fsdp":  # the whole state gathered on rank 0, in a plain state_dict's form
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            full = get_optimizer_state_dict(self.model, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            index = {name: i for i, name in enumerate(self._parameter_names())}
+            optimizer_state = {"state": {index[name]: st for name, st in full.get("state", {}).items()},
+                               "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                                for g in full.get("param_groups", [])]}
+        else:
+            optimizer_state = self.optimizer.state_dict()
+        tensors, meta = ckpt.flatten_optimizer_state(optimizer_state)
         rng_tensors, rng_meta = ckpt.capture_rng()
         tensors.update(rng_tensors)
         tensors["rng.batch"] = self.batch_generator.get_state()
@@ -474,6 +561,11 @@ class Trainer:
         """Save into ``run_dir/checkpoints/step_NNNNNN``; returns the path (None on ranks other than 0,
         which only contribute their RNG states)."""
         state = self.state_dict()
+        weights = None
+        if self.parallel == "fsdp":  # every process gives its shard; rank 0 receives the whole, on its CPU
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.dist.is_main:
             return None
         if path is None:
@@ -481,7 +573,7 @@ class Trainer:
                 raise ValueError("save_checkpoint needs a path when the Trainer has no run_dir")
             path = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         path = ckpt.save(path, self.model, self.tokenizer, step=self.step, train_config=self.config.to_dict(),
-                         trainer_state=state, metrics=self.history, parent=self.parent)
+                         trainer_state=state, metrics=self.history, parent=self.parent, weights=weights)
         self._apply_retention(keep=path)
         self.last_checkpoint = path
         self._emit("on_checkpoint", path)
@@ -495,7 +587,8 @@ class Trainer:
             if old != keep and old != self._resumed_from:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _restore(self, info: ckpt.CheckpointInfo) -> None:
+    def _restore_weights(self, info: ckpt.CheckpointInfo) -> None:
+        """The checkpoint's weights into the plain model (before DDP or FSDP wraps it)."""
         if info.model_config != self.model.config:
             a, b = info.model_config.to_dict(), self.model.config.to_dict()
             diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
@@ -507,15 +600,33 @@ class Trainer:
                 ckpt.check_same_tokenizer(info, saved_tokenizer, self.tokenizer, "the tokenizer given to the Trainer")
             else:
                 self.tokenizer = saved_tokenizer  # its checkpoints keep the run's tokenizer
-        tensors, meta = ckpt.load_trainer_state(info.path)
-        ckpt.load_weights(self.model, info.path, self.device)
-        self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta))
-        for group in self.optimizer.param_groups:  # a state tensor of another shape would fail inside the update
-            for param in group["params"]:
-                for name, value in self.optimizer.state.get(param, {}).items():
-                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
-                        raise ckpt.CheckpointError(f"{info.path}: optimizer state {name} has shape {tuple(value.shape)}"
-                                                   f" for a parameter of shape {tuple(param.shape)}")
+        self._saved_state = ckpt.load_trainer_state(info.path)  # refused here, before any process shards or trains
+        ckpt.load_weights(self.model, info.path, "cpu" if self.parallel == "fsdp" else self.device)
+
+    def _restore_state(self, info: ckpt.CheckpointInfo) -> None:
+        """Optimizer, RNG states and step from the checkpoint (after the optimizer exists)."""
+        tensors, meta = self._saved_state
+        del self._saved_state
+        state = ckpt.unflatten_optimizer_state(tensors, meta)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for pid, entries in state["state"].items():  # a state tensor of another shape would fail inside the update
+            for name, value in entries.items():
+                if torch.is_tensor(value) and value.dim() and pid < len(params) and value.shape != params[pid].shape:
+                    raise ckpt.CheckpointError(f"{info.path}: optimizer state {name} has shape {tuple(value.shape)}"
+                                               f" for a parameter of shape {tuple(params[pid].shape)}")
+        if self.parallel == "fsdp":  # a plain state_dict's ids → names; each process keeps its shard of it
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            names = self._parameter_names()
+            try:
+                state = {"state": {names[pid]: st for pid, st in state["state"].items()},
+                         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+            except IndexError:
+                raise ckpt.CheckpointError(f"{info.path}: the optimizer state holds more parameters than the model "
+                                           f"({len(names)})") from None
+            set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state)
         ckpt.restore_rng(tensors, meta)
         self.batch_generator.set_state(tensors["rng.batch"])
         if self.dist.enabled:

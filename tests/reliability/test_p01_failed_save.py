@@ -36,12 +36,12 @@ def test_exception_in_the_middle_of_writing_weights(tmp_path, monkeypatch):
     model, tok, path = saved(tmp_path, "step_000001")
     before = {p.name: p.read_bytes() for p in path.iterdir()}
 
-    def half_written(module, filename, *args, **kwargs):
+    def half_written(tensors, filename, *args, **kwargs):
         with open(filename, "wb") as f:
             f.write(b"\x00" * 100)  # a partial file, then the failure
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(ckpt, "save_model", half_written)
+    monkeypatch.setattr(ckpt, "save_file", half_written)  # the weights are the first file written
     with pytest.raises(RuntimeError, match="power cut"):
         ckpt.save(tmp_path / "checkpoints" / "step_000002", model, tok)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000001"]
