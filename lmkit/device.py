@@ -195,7 +195,8 @@ def _release_freed_memory() -> None:
 class Measure:
     """Context manager: wall time and peak memory growth of the block it wraps.
 
-    After the block: ``wall_s``; ``peak_mb``, the peak memory above the level at entry; ``kind``,
+    After the block: ``wall_s``; ``peak_mb``, the peak memory above the level at entry; ``kept_mb``,
+    what is still held above it at exit (freed memory trimmed first on the CPU); ``kind``,
     what was measured. On CUDA that is ``torch.cuda.max_memory_allocated`` (exact; ``peak_total_mb``
     also counts what was allocated before). Elsewhere it is the process's resident set size sampled
     every ``interval`` seconds by a background thread with psutil: approximate, since it counts the
@@ -206,7 +207,7 @@ class Measure:
     def __init__(self, device: str | torch.device | None = None, interval: float = 0.005):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.interval = interval
-        self.wall_s = self.peak_mb = self.peak_total_mb = float("nan")
+        self.wall_s = self.peak_mb = self.peak_total_mb = self.kept_mb = float("nan")
         self.kind = "cuda max_memory_allocated" if self.device.type == "cuda" else "process RSS (approximate)"
 
     def __enter__(self) -> Measure:
@@ -237,6 +238,7 @@ class Measure:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
             self.peak_total_mb = peak / 2**20
+            self.kept_mb = (torch.cuda.memory_allocated(self.device) - self._base) / 2**20
         else:
             self._stop.set()
             self._thread.join()
@@ -244,6 +246,8 @@ class Measure:
 
             peak = max(self._peak, psutil.Process().memory_info().rss)
             self.peak_total_mb = peak / 2**20
+            _release_freed_memory()
+            self.kept_mb = (psutil.Process().memory_info().rss - self._base) / 2**20
         self.wall_s = time.perf_counter() - self._t0
         self.peak_mb = (peak - self._base) / 2**20
 

@@ -23,8 +23,13 @@ Four parts, for Ψ parameters, N processes, micro-batch b, context s, width h, L
   Cost"; Korthikanti's "full recomputation") a block keeps only its input, s·b·h values, and one
   block's activations exist again while it is recomputed in the backward pass.
 
-``memory_plan`` gives the table; ``plan_bytes`` the same figures as a dict; the Trainer refuses a
-first step that cannot fit with them. Tested against autograd's saved tensors (exactly) and against
+The peak is not the sum of the four: the backward pass frees each layer's activations as it fills
+that layer's gradients, so a step needs the weights, the optimizer states and the larger of the
+gradients and the activations (and FSDP's gathered blocks); under DDP the gradients stay allocated
+in its buckets from one step to the next, so there it is the sum.
+
+``memory_plan`` gives the table; ``plan_bytes`` the parts as a dict and ``peak_bytes`` their peak; the
+Trainer refuses a first step that cannot fit with them. Tested against autograd's saved tensors (exactly) and against
 measured peaks (``lmkit.scaling.measure_memory``).
 """
 
@@ -97,6 +102,14 @@ def plan_bytes(model_cfg: GPTConfig, train_cfg, world_size: int = 1, parallel: s
             "activations": activation_bytes(model_cfg, train_cfg.batch_size, checkpointing, bf16)}
 
 
+def peak_bytes(parts: dict[str, int], mode: str) -> int:
+    """The peak of a training step from ``plan_bytes``'s parts (see the module docstring)."""
+    fixed = parts["parameters"] + parts["optimizer states"] + parts["gathered"]
+    if mode == "ddp":
+        return fixed + parts["gradients"] + parts["activations"]
+    return fixed + max(parts["gradients"], parts["activations"])
+
+
 FORMULAS = {
     "parameters": ("4Ψ/N (FSDP) or 4Ψ: fp32 weights", "ZeRO §3.1"),
     "gradients": ("4Ψ/N (FSDP) or 4Ψ: fp32 gradients", "ZeRO §3.1"),
@@ -122,11 +135,13 @@ def memory_plan(model_cfg: GPTConfig, train_cfg, world_size: int = 1, parallel: 
     counted = {name: name != ("activations, no checkpointing" if checkpointing else "activations, checkpointing")
                for name in rows}
     table = pd.DataFrame({"bytes": rows, "counted": counted})
-    table.loc["total"] = [sum(need.values()), True]
+    mode = resolve_mode(train_cfg.parallel if parallel is None else parallel, world_size)
+    table.loc["total"] = [peak_bytes(need, mode), True]
     table["size"] = [gib(n) for n in table["bytes"]]
-    table["formula"] = [FORMULAS.get(name, ("sum of the counted rows", ""))[0] for name in table.index]
+    total = ("weights + optimizer + gathered + gradients + activations (DDP keeps its gradients)" if mode == "ddp" else
+             "weights + optimizer + gathered + max(gradients, activations): backward frees one as it fills the other")
+    table["formula"] = [FORMULAS.get(name, (total, ""))[0] for name in table.index]
     table["source"] = [FORMULAS.get(name, ("", ""))[1] for name in table.index]
     table.index.name = "per process"
-    table.attrs.update(mode=resolve_mode(train_cfg.parallel if parallel is None else parallel, world_size),
-                       world_size=world_size, activation_checkpointing=checkpointing)
+    table.attrs.update(mode=mode, world_size=world_size, activation_checkpointing=checkpointing)
     return table

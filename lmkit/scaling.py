@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .memory import memory_plan  # noqa: F401  (lmkit.scaling.memory_plan: what training a model costs in memory)
+
 log = logging.getLogger(__name__)
 
 # Published values (the units and the data differ from ours; they are yardsticks, not targets).

@@ -40,7 +40,7 @@ from .device import (
     init_distributed,
 )
 from .files import read_json, write_bytes_atomic, write_json_atomic
-from .memory import plan_bytes, resolve_mode
+from .memory import peak_bytes, plan_bytes, resolve_mode
 from .model import GPT, Block, GPTConfig, unwrap
 from .rundir import lock_run
 
@@ -196,19 +196,17 @@ def check_first_step_fits(model_cfg, cfg: TrainConfig, device, weights_allocated
     ``device`` has available, by ``lmkit.memory.plan_bytes`` for this process's share of a job of
     ``world_size`` processes. ``weights_allocated``: the model already sits there (its weights are no
     longer in the available memory). On a CPU the processes of one machine share its memory."""
-    device = torch.device(device)
-    need = plan_bytes(model_cfg, cfg, world_size, parallel_mode(cfg, world_size), device=device.type)
-    if not need["gathered"]:
-        del need["gathered"]
-    if weights_allocated:
-        need.pop("parameters")
+    device, mode = torch.device(device), parallel_mode(cfg, world_size)
+    parts = plan_bytes(model_cfg, cfg, world_size, mode, device=device.type)
+    need = peak_bytes(parts, mode) - (parts["parameters"] if weights_allocated else 0)
     have = available_memory(device)
     local = 1 if device.type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if have is None or local * sum(need.values()) <= have:
+    if have is None or local * need <= have:
         return
-    parts = ", ".join(f"{name} {gib(n)}" for name, n in need.items())
+    shown = ", ".join(f"{name} {gib(n)}" for name, n in parts.items()
+                      if n and not (weights_allocated and name == "parameters"))
     shared = f" for each of {local} processes" if local > 1 else ""
-    raise ValueError(f"the first training step needs about {gib(sum(need.values()))}{shared} ({parts}; batch_size="
+    raise ValueError(f"the first training step needs about {gib(need)}{shared} ({shown}; batch_size="
                      f"{cfg.batch_size} × block_size={model_cfg.block_size}; lmkit.memory.memory_plan shows how), but "
                      f"{device} has {gib(have)} available; lower batch_size (grad_accum_steps keeps the effective "
                      f"batch) or block_size, set activation_checkpointing=True, shard with parallel='fsdp' over more "
