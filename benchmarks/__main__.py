@@ -2,7 +2,7 @@
 
 Names: train (step throughput vs Hugging Face GPT-2), time_to_loss, generation (KV cache),
 attention (capture and explorer latency), data (corpus preparation), sweep (a notebook sweep, locally
-and through Dask). Each prints a table and
+and through Dask), memory (the memory plan against measured peaks; one process, DDP and FSDP). Each prints a table and
 appends it, with machine info, to ``benchmarks/results/<name>.csv``. ``python -m benchmarks NAME -h``
 lists a benchmark's options.
 """
@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-NAMES = ("train", "time_to_loss", "generation", "attention", "data", "sweep")
+NAMES = ("train", "time_to_loss", "generation", "attention", "data", "sweep", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:

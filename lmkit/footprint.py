@@ -48,6 +48,9 @@ def measure_memory(model_cfg: GPTConfig, train_cfg: TrainConfig, processes: int 
         raise ValueError(f"processes={processes!r} must be a positive integer")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
         raise ValueError(f"steps={steps!r} must be an integer >= 2 (the first step allocates the optimizer states)")
+    if str(train_cfg.device).startswith("cuda") and processes > 1 and processes > torch.cuda.device_count():
+        raise ValueError(f"processes={processes} on CUDA needs one GPU per process; this machine has "
+                         f"{torch.cuda.device_count()}: give processes <= {torch.cuda.device_count()}")
     mode = resolve_mode(train_cfg.parallel, processes)
     if processes > 1 and train_cfg.parallel == "auto":
         mode = "ddp"

@@ -32,7 +32,7 @@ def test_every_benchmark_runs_quickly_from_a_copy_of_the_repository_with_nothing
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {p.stem: pd.read_csv(p) for p in (repo / "benchmarks" / "results").glob("*.csv")}
-    assert set(results) == {"train_throughput", "time_to_loss", "generation", "attention", "data", "sweep"}
+    assert set(results) == {"train_throughput", "time_to_loss", "generation", "attention", "data", "sweep", "memory"}
     for table in results.values():
         assert len(table) >= 1 and {"when", "cpu", "threads", "torch", "device"} <= set(table.columns)
 

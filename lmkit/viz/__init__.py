@@ -36,7 +36,7 @@ from .data import (
 from .evaluate import reliability_diagram, robustness_plot, run_comparison
 from .export import to_html, to_png
 from .finetune import confusion_matrices, method_comparison, metric_curves
-from .scaling import scaling_plot
+from .scaling import memory_growth_plot, scaling_plot
 from .training import HEALTHY_UPDATE_RATIO, loss_curves, lr_schedule, training_diagnostics
 
 __all__ = [
@@ -48,5 +48,5 @@ __all__ = [
     "lr_schedule", "loss_curves", "HEALTHY_UPDATE_RATIO", "training_diagnostics",
     "metric_curves", "method_comparison", "confusion_matrices",
     "reliability_diagram", "robustness_plot", "run_comparison",
-    "scaling_plot", "to_html", "to_png",
+    "scaling_plot", "memory_growth_plot", "to_html", "to_png",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from ..scaling import SYMBOLS, PowerLaw
 from .common import COLORWAY, escaped, require_frame, require_numeric, style
@@ -49,4 +50,41 @@ def scaling_plot(runs: pd.DataFrame, x: str = "parameters", y: str = "val_loss",
     fig.update_xaxes(type="log", title_text=_SCALING_AXES.get(x, x))
     fig.update_yaxes(type="log", title_text=_SCALING_AXES.get(y, y))
     fig.update_layout(height=420, legend=dict(yanchor="top", y=0.99, xanchor="right", x=0.99))
+    return style(fig, title, presentation)
+
+
+_GROWTH_AXES = {"n_embd": "width n_embd", "n_layer": "depth n_layer", "block_size": "context block_size",
+                "processes": "processes N"}
+
+
+def memory_growth_plot(growth: pd.DataFrame, device_gb: float | None = None, title: str | None = None,
+                       presentation: bool = False) -> go.Figure:
+    """The planned memory per process (``lmkit.footprint.memory_growth``'s table) as each setting
+    grows: one panel per setting, one line per way of training, log axes. ``device_gb`` draws a
+    device's memory as a dotted line: a way whose line stays under it fits."""
+    df = require_frame(growth, "memory_growth_plot", ["setting", "value", "way", "total"])
+    require_numeric(df, "memory_growth_plot", ["value", "total"])
+    settings = list(dict.fromkeys(df["setting"]))
+    fig = make_subplots(rows=1, cols=len(settings), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[_GROWTH_AXES.get(s, s) for s in settings])
+    ways, shown = list(dict.fromkeys(df["way"])), set()
+    for col, setting in enumerate(settings, start=1):
+        part = df[df["setting"] == setting]
+        for i, way in enumerate(ways):
+            line = part[part["way"] == way]
+            if not len(line):
+                continue
+            fig.add_scatter(x=line["value"], y=line["total"] / 1024, mode="lines+markers", name=escaped(way),
+                            legendgroup=way, showlegend=way not in shown,
+                            line=dict(color=COLORWAY[i % len(COLORWAY)]), row=1, col=col,
+                            hovertemplate=f"{escaped(way)}<br>{escaped(setting)} %{{x}}<br>%{{y:.3g}} GB<extra></extra>")
+            shown.add(way)
+        if device_gb is not None:
+            fig.add_hline(y=device_gb, line=dict(color="grey", dash="dot"), row=1, col=col,
+                          annotation_text=f"{device_gb:g} GB device" if col == 1 else None,
+                          annotation_position="top left")
+        fig.update_xaxes(type="log", row=1, col=col)
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="GB per process (planned)", row=1, col=1)
+    fig.update_layout(height=400)
     return style(fig, title, presentation)
