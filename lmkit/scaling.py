@@ -19,6 +19,9 @@ Training compute: C ≈ 6·N·D FLOPs (Kaplan et al. 2020, section 2.1): per tok
 parameter, 2 FLOPs in the forward pass (a multiply and an add) and 4 in the backward pass
 (gradients with respect to activations and to weights). ``GPT.flops_per_token`` adds the
 attention-score term; the 6·N·D rule leaves it out, as both papers do.
+
+What a bigger model costs in memory rather than compute is ``memory_plan`` (from ``lmkit.memory``:
+weights, gradients, AdamW states and activations per process, for one process, DDP or FSDP).
 """
 
 from __future__ import annotations
