@@ -245,13 +245,17 @@ class AttentionSnapshots(Callback):
 
     def on_eval(self, trainer, metrics: dict) -> None:
         dist = getattr(trainer, "dist", None)
-        if dist is not None and not dist.is_main:  # one recorder under DDP: rank 0
+        recorder = dist is None or dist.is_main  # one recorder under DDP and FSDP: rank 0
+        if not recorder and getattr(trainer, "parallel", None) != "fsdp":
             return
         tokenizer = self.tokenizer if self.tokenizer is not None else trainer.tokenizer
         if tokenizer is None:
             raise ValueError("AttentionSnapshots needs a tokenizer: pass AttentionSnapshots(probe_text, tokenizer=tok) "
                              "or Trainer(..., tokenizer=tok)")
+        # a model sharded with FSDP computes only with every process, so all of them run the probe
         attentions, tokens = capture(trainer.model, self.probe_text, tokenizer, max_tokens=self.max_tokens)
+        if not recorder:
+            return
         array = as_array(attentions).astype(self.dtype)  # (L, H, T, T)
         self.snapshots.append((trainer.step, array))
         self.tokens = tokens

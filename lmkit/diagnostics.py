@@ -43,6 +43,12 @@ def _forward_order(layer: str) -> tuple[int, int]:
     return (2, 0) if layer == "ln_f" else (3, 0)
 
 
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: under FSDP a norm or sum over a shard is a DTensor still to be reduced over the
+    processes (``full_tensor`` does it; every process must call it)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class Diagnostics(Callback):
     """Every ``interval`` steps, record per layer: gradient norm (after clipping) and update-to-data
     ratio ‖θ_after − θ_before‖ / ‖θ_before‖. ``.frame()`` gives one row per (step, layer); with a
@@ -68,7 +74,7 @@ class Diagnostics(Callback):
             return
         groups = self._groups(trainer)
         self._grad_norms = {layer: float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(p.grad) for p in ps if p.grad is not None] or [torch.zeros(())])))
+            [_whole(torch.linalg.vector_norm(p.grad)) for p in ps if p.grad is not None] or [torch.zeros(())])))
             for layer, ps in groups.items()}
         self._before = {layer: [p.detach().clone() for p in ps] for layer, ps in groups.items()}
 
@@ -78,8 +84,8 @@ class Diagnostics(Callback):
         rows = []
         for layer, ps in self._groups(trainer).items():
             old = self._before[layer]
-            delta = torch.sqrt(sum(((p.detach() - o) ** 2).sum() for p, o in zip(ps, old, strict=True)))
-            size = torch.sqrt(sum((o ** 2).sum() for o in old))
+            delta = torch.sqrt(sum(_whole(((p.detach() - o) ** 2).sum()) for p, o in zip(ps, old, strict=True)))
+            size = torch.sqrt(sum(_whole((o ** 2).sum()) for o in old))
             rows.append({"step": trainer.step, "layer": layer, "grad_norm": self._grad_norms[layer],
                          "update_ratio": float(delta / size) if size > 0 else float("nan")})
         self._before = None

@@ -533,6 +533,8 @@ class Trainer:
         if self.parallel == "fsdp":  # the whole state gathered on rank 0, in a plain state_dict's form
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+            self.model.reshard()  # a forward pass without backward (a callback's probe) leaves the root gathered
+
             full = get_optimizer_state_dict(self.model, self.optimizer,
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             index = {name: i for i, name in enumerate(self._parameter_names())}

@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 PARITY_WORKER = r"""
 import os, sys, torch, torch.distributed as dist
-from lmkit import GPT, GPTConfig, Trainer, TrainConfig
+from lmkit import CharTokenizer, GPT, GPTConfig, Trainer, TrainConfig
+from lmkit.attention import AttentionSnapshots
+from lmkit.diagnostics import Diagnostics
 
 VOCAB, T = 24, 16
 TOKENS = torch.randint(0, VOCAB, (4096,), generator=torch.Generator().manual_seed(123))
@@ -53,13 +55,17 @@ cfg = TrainConfig(max_steps=6, batch_size=batch_size, grad_accum_steps=2, warmup
                   eval_batches=1, progress=False, device="cpu", parallel=parallel,
                   activation_checkpointing=checkpointing)
 name = f"{parallel}{int(checkpointing)}"
-t = Trainer(model, cfg, GlobalBatches(), GlobalBatches(), run_dir=os.path.join(out, "run_" + name))
+diagnostics, snapshots = Diagnostics(interval=2), AttentionSnapshots("abcdefgh")  # lmkit's own callbacks
+t = Trainer(model, cfg, GlobalBatches(), GlobalBatches(), run_dir=os.path.join(out, "run_" + name),
+            tokenizer=CharTokenizer("abcdefghijklmnopqrstuvwx"), callbacks=[diagnostics, snapshots])
 t.train()
 with torch.no_grad():  # under FSDP every process takes part in the forward pass
     logits = t.model(TOKENS[:T].view(1, T)).logits
 if t.dist.is_main:
     torch.save({"losses": [r["train_loss"] for r in t.history if "train_loss" in r], "logits": logits,
-                "checkpoint": str(t.last_checkpoint)}, os.path.join(out, name + ".pt"))
+                "checkpoint": str(t.last_checkpoint), "diagnostics": diagnostics.frame()[["grad_norm", "update_ratio"]]
+                .to_numpy().tolist(), "snapshots": [torch.from_numpy(a.astype("float32")) for _, a in snapshots.snapshots]},
+               os.path.join(out, name + ".pt"))
 """
 
 
@@ -68,14 +74,14 @@ def parity(tmp_path_factory):
     out = tmp_path_factory.mktemp("parity")
     worker = out / "worker.py"
     worker.write_text(PARITY_WORKER)
-    for parallel, checkpointing in (("fsdp", "0"), ("ddp", "0"), ("fsdp", "1")):
+    for parallel, checkpointing in (("fsdp", "0"), ("ddp", "0"), ("fsdp", "1"), ("ddp", "1")):
         done = torchrun(str(worker), str(out), "4", parallel, checkpointing)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and "returned a view tensor" not in done.stderr, done.stderr[-3000:]
     single = subprocess.run([sys.executable, str(worker), str(out), "8", "auto", "0"], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "WORLD_SIZE": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
-    return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in ("fsdp0", "ddp0", "fsdp1", "auto0")}
+    return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in ("fsdp0", "ddp0", "fsdp1", "ddp1", "auto0")}
 
 
 def test_fsdp_losses_equal_one_process_and_ddp_on_the_same_global_batches(parity):
@@ -86,6 +92,19 @@ def test_fsdp_losses_equal_one_process_and_ddp_on_the_same_global_batches(parity
     assert fsdp == pytest.approx(single, rel=1e-5)
     assert fsdp == pytest.approx(ddp, rel=1e-6)
     assert parity["fsdp1"]["losses"] == pytest.approx(fsdp, rel=1e-6)  # activation checkpointing under FSDP
+    assert parity["ddp1"]["losses"] == pytest.approx(ddp, rel=1e-6)  # and under DDP
+
+
+def test_lmkit_callbacks_see_the_same_model_under_fsdp(parity):
+    """Diagnostics (per-layer gradient norms and update ratios over every process's shard) and
+    AttentionSnapshots (a probe every process runs, rank 0 records) give one process's figures."""
+    fsdp, single = parity["fsdp0"], parity["auto0"]
+    assert len(fsdp["diagnostics"]) == len(single["diagnostics"]) > 0
+    for a, b in zip(fsdp["diagnostics"], single["diagnostics"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert len(fsdp["snapshots"]) == len(single["snapshots"]) == 2
+    for a, b in zip(fsdp["snapshots"], single["snapshots"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)  # float16 snapshots
 
 
 def test_a_checkpoint_saved_under_fsdp_loads_in_one_process_with_identical_logits(parity):
