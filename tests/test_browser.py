@@ -201,7 +201,7 @@ def test_an_exported_page_shows_formulas_and_reads_messages_as_output_in_chromiu
     for name, found in seen.items():
         assert "$" not in found["text"] and "\\alpha" not in found["text"], name  # no LaTeX source left
         assert found["math"] and all(m["w"] > 5 and m["h"] > 5 for m in found["math"]), (name, found["math"])
-    assert len(seen["06_scaling.html"]["math"]) == 28 and len(seen["01_speaks.html"]["math"]) == 2
+    assert len(seen["06_scaling.html"]["math"]) == 43 and len(seen["01_speaks.html"]["math"]) == 2
     shown = by_stream(seen["01_speaks.html"]["streams"])
     assert "cleaned 3 documents" in shown["stdout"] and "cleaned 3 documents" not in shown["stderr"]
     assert "2 documents have no letters" in shown["stderr"]
