@@ -2,8 +2,9 @@
 
 ``measure_memory`` trains a few steps of a configuration in fresh processes (under torchrun for
 more than one) on random tokens and reports, per process, what building the model kept (its
-weights, or their shard), what the first optimizer step kept (AdamW's states), the peak of a later
-step above that (gradients and activations) and the step time. On CUDA the figures are
+weights, or their shard), what the first optimizer step kept (AdamW's states; under DDP also its
+gradient buckets), the peak of a later step above that (gradients and activations) and the step
+time. On CUDA the figures are
 ``torch.cuda.max_memory_allocated`` (exact); on a CPU they are the process's resident set size,
 sampled (``lmkit.device.Measure``: approximate, a few MB either way).
 
@@ -51,9 +52,10 @@ def measure_memory(model_cfg: GPTConfig, train_cfg: TrainConfig, processes: int 
     if str(train_cfg.device).startswith("cuda") and processes > 1 and processes > torch.cuda.device_count():
         raise ValueError(f"processes={processes} on CUDA needs one GPU per process; this machine has "
                          f"{torch.cuda.device_count()}: give processes <= {torch.cuda.device_count()}")
+    if processes == 1 and train_cfg.parallel != "auto":
+        raise ValueError(f"parallel={train_cfg.parallel!r} shares the training between processes: give processes >= 2, "
+                         f"or parallel='auto' for one process")
     mode = resolve_mode(train_cfg.parallel, processes)
-    if processes > 1 and train_cfg.parallel == "auto":
-        mode = "ddp"
     with tempfile.TemporaryDirectory(prefix="lmkit-memory-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "steps": steps}))

@@ -149,6 +149,13 @@ def test_activation_checkpointing_needs_less_activation_memory_measured():
     assert peaks[False] == pytest.approx(planned[False], rel=0.25)
 
 
+def test_measure_memory_refuses_what_it_cannot_measure():
+    with pytest.raises(ValueError, match="processes >= 2"):
+        measure_memory(SMALL, TrainConfig(parallel="fsdp"), 1)
+    with pytest.raises(ValueError, match="steps=1 must be an integer >= 2"):
+        measure_memory(SMALL, TrainConfig(), 1, steps=1)
+
+
 def test_fits_answers_which_way_makes_a_model_fit():
     medium = GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024, pos_encoding="learned")
     table = fits(medium, TrainConfig(batch_size=16, dtype="bfloat16"), 24 * 2**30).set_index(
