@@ -184,6 +184,13 @@ def init_distributed(device_request: str = "auto") -> tuple[DistInfo, torch.devi
     return info, device
 
 
+def gathered(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: under FSDP a parameter, a gradient or a norm or sum over one is a DTensor of this
+    process's shard, still to be reduced over the processes (``full_tensor`` does it; every process
+    must call it). Anything else is returned as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def _release_freed_memory() -> None:
     """Ask glibc to hand freed heap pages back to the OS, so RSS growth is measured from a low base."""
     try:

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .callbacks import Callback
-from .device import autocast, autocast_dtype, measure_matmul_flops, peak_flops
+from .device import autocast, autocast_dtype, gathered, measure_matmul_flops, peak_flops
 
 _LAYER = re.compile(r"^transformer\.(h\.\d+|wte|wpe|ln_f)\.")  # GPT-2 names: one group per block
 
@@ -41,12 +41,6 @@ def _forward_order(layer: str) -> tuple[int, int]:
     if layer.startswith("h."):
         return (1, int(layer[2:]))
     return (2, 0) if layer == "ln_f" else (3, 0)
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor: under FSDP a norm or sum over a shard is a DTensor still to be reduced over the
-    processes (``full_tensor`` does it; every process must call it)."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class Diagnostics(Callback):
@@ -74,7 +68,7 @@ class Diagnostics(Callback):
             return
         groups = self._groups(trainer)
         self._grad_norms = {layer: float(torch.linalg.vector_norm(torch.stack(
-            [_whole(torch.linalg.vector_norm(p.grad)) for p in ps if p.grad is not None] or [torch.zeros(())])))
+            [gathered(torch.linalg.vector_norm(p.grad)) for p in ps if p.grad is not None] or [torch.zeros(())])))
             for layer, ps in groups.items()}
         self._before = {layer: [p.detach().clone() for p in ps] for layer, ps in groups.items()}
 
@@ -84,8 +78,8 @@ class Diagnostics(Callback):
         rows = []
         for layer, ps in self._groups(trainer).items():
             old = self._before[layer]
-            delta = torch.sqrt(sum(_whole(((p.detach() - o) ** 2).sum()) for p, o in zip(ps, old, strict=True)))
-            size = torch.sqrt(sum(_whole((o ** 2).sum()) for o in old))
+            delta = torch.sqrt(sum(gathered(((p.detach() - o) ** 2).sum()) for p, o in zip(ps, old, strict=True)))
+            size = torch.sqrt(sum(gathered((o ** 2).sum()) for o in old))
             rows.append({"step": trainer.step, "layer": layer, "grad_norm": self._grad_norms[layer],
                          "update_ratio": float(delta / size) if size > 0 else float("nan")})
         self._before = None

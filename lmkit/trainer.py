@@ -36,6 +36,7 @@ from .device import (
     available_memory,
     check_device_name,
     enable_tf32,
+    gathered,
     gib,
     init_distributed,
 )
@@ -473,7 +474,7 @@ class Trainer:
             total += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        grad_norm = float(gathered(norm))  # FSDP: a DTensor
         if self.dist.enabled:  # log the loss of the global batch, not this process's part
             import torch.distributed as dist
 

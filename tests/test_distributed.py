@@ -68,9 +68,8 @@ def test_ranks_end_with_identical_weights(prepared, tmp_path):
     assert torch.equal(a, b)  # DDP broadcast rank 0's initial weights, then all-reduced every step
 
 
-PARITY_WORKER = r"""
+GLOBAL_BATCHES = r"""
 import os, sys, torch, torch.distributed as dist
-from lmkit import GPT, GPTConfig, Trainer, TrainConfig
 
 VOCAB, T = 24, 16
 TOKENS = torch.randint(0, VOCAB, (4096,), generator=torch.Generator().manual_seed(123))
@@ -91,7 +90,10 @@ class GlobalBatches:
         y = torch.stack([TOKENS[s + 1:s + 1 + T] for s in starts])
         rows = slice(rank * batch_size, (rank + 1) * batch_size)
         return x[rows].to(device), y[rows].to(device)
+"""  # the head of the parity workers here and in test_fsdp.py
 
+PARITY_WORKER = GLOBAL_BATCHES + r"""
+from lmkit import GPT, GPTConfig, Trainer, TrainConfig
 
 out, batch_size = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)  # same init in both runs (DDP also broadcasts rank 0's weights)

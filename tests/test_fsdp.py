@@ -17,36 +17,14 @@ from lmkit import GPT, GPTConfig, TrainConfig, Trainer, checkpoint
 from lmkit.data import TokenDataset
 
 from .test_cli import TINY
-from .test_distributed import prepared, torchrun  # noqa: F401  (prepared: a fixture)
+from .test_distributed import GLOBAL_BATCHES, prepared, torchrun  # noqa: F401  (prepared: a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-PARITY_WORKER = r"""
-import os, sys, torch, torch.distributed as dist
+PARITY_WORKER = GLOBAL_BATCHES + r"""
 from lmkit import CharTokenizer, GPT, GPTConfig, Trainer, TrainConfig
 from lmkit.attention import AttentionSnapshots
 from lmkit.diagnostics import Diagnostics
-
-VOCAB, T = 24, 16
-TOKENS = torch.randint(0, VOCAB, (4096,), generator=torch.Generator().manual_seed(123))
-
-
-class GlobalBatches:
-    # call k builds the k-th global batch (batch_size * world_size windows, fixed by k); rank r takes
-    # rows [r*B:(r+1)*B], a single process all of them
-    def __init__(self):
-        self.calls = 0
-
-    def batch(self, batch_size, generator, device):
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-        g = torch.Generator().manual_seed(1000 + self.calls)
-        self.calls += 1
-        starts = torch.randint(0, len(TOKENS) - T - 1, (batch_size * world,), generator=g)
-        x = torch.stack([TOKENS[s:s + T] for s in starts])
-        y = torch.stack([TOKENS[s + 1:s + 1 + T] for s in starts])
-        rows = slice(rank * batch_size, (rank + 1) * batch_size)
-        return x[rows].to(device), y[rows].to(device)
-
 
 out, batch_size, parallel, checkpointing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 torch.manual_seed(0)
