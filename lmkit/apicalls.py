@@ -73,6 +73,20 @@ _SKIP_NAMES = frozenset({"main", "test"})  # command-line entry points, not libr
 
 # ------------------------------------------------------------------------------------ the dataset
 
+def docstring_text(doc: str | None) -> str:
+    """A docstring cleaned (``inspect.cleandoc``) and without a leading signature line such as
+    ``sleep(seconds)`` and its indented continuation lines; ``""`` for no docstring."""
+    if not doc:
+        return ""
+    text = inspect.cleandoc(doc)
+    if _SIGNATURE_START.match(text):
+        lines = text.split("\n")[1:]
+        while lines and lines[0][:1].isspace():
+            lines.pop(0)
+        text = "\n".join(lines)
+    return text
+
+
 def first_sentence(doc: str | None) -> str | None:
     """The first sentence of a docstring, whitespace collapsed; None when there is no real sentence.
 
@@ -84,12 +98,7 @@ def first_sentence(doc: str | None) -> str | None:
     """
     if not doc or not doc.strip():
         return None
-    text = inspect.cleandoc(doc)
-    if _SIGNATURE_START.match(text):  # drop the signature line and its indented continuation lines
-        lines = text.split("\n")[1:]
-        while lines and lines[0][:1].isspace():
-            lines.pop(0)
-        text = "\n".join(lines)
+    text = docstring_text(doc)
     paragraph = " ".join(text.strip().split("\n\n", 1)[0].split())
     sentence = _cut_sentence(paragraph)
     if len(sentence.split()) < 2 or not sentence[0].isalpha() or _SIGNATURE_START.match(sentence):

@@ -34,13 +34,18 @@ from .tokenizer import CharTokenizer
 log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "Instruction: {instruction}\nCall: "
+# Retrieval-aware training (Gorilla): the API's documentation comes first, then the instruction.
+RAT_PREFIX = "Use this API documentation for reference: "
 ANSWER_END = "\n"  # ends every answer; generation stops at it
 IGNORE_INDEX = -100  # the target value GPT.forward's cross-entropy skips
 
 
-def format_prompt(instruction: str) -> str:
-    """The prompt the model sees for one instruction (``PROMPT_TEMPLATE`` filled in)."""
-    return PROMPT_TEMPLATE.format(instruction=" ".join(str(instruction).split()))
+def format_prompt(instruction: str, document: str | None = None) -> str:
+    """The prompt the model sees for one instruction (``PROMPT_TEMPLATE`` filled in); with a
+    ``document``, Gorilla's retrieval-aware prompt: ``RAT_PREFIX + document``, a newline, then the
+    plain prompt."""
+    prompt = PROMPT_TEMPLATE.format(instruction=" ".join(str(instruction).split()))
+    return prompt if document is None else f"{RAT_PREFIX}{document}\n{prompt}"
 
 
 def format_answer(call: str) -> str:
@@ -57,16 +62,22 @@ class InstructionData:
     ``block_size + 1`` tokens loses the *start of its prompt*, never the answer; an answer longer
     than ``block_size`` tokens is refused (ValueError), since no context would be left to predict it.
 
+    ``keep``: per example, how many characters at the end of its prompt the cut must leave whole
+    (a retrieval-aware prompt keeps its instruction: only the document before it may lose its start);
+    an example that cannot fit its answer and those characters is refused (ValueError).
+
     ``batch(batch_size, generator, device)`` samples rows with replacement (what ``Trainer`` calls);
     ``iter_batches(batch_size, device)`` walks all rows in order (for evaluation). Rows of a batch
     are right-padded to its longest row: ``x`` with ``pad_id``, ``y`` with ``-100``.
     """
 
     def __init__(self, prompts: Sequence[str], answers: Sequence[str], tokenizer, block_size: int,
-                 pad_id: int = 0):
+                 pad_id: int = 0, keep: Sequence[int] | None = None):
         prompts, answers = list(prompts), list(answers)
-        if len(prompts) != len(answers):
-            raise ValueError(f"got {len(prompts)} prompts and {len(answers)} answers; pass one answer per prompt")
+        keep = [0] * len(prompts) if keep is None else list(keep)
+        if len(prompts) != len(answers) or len(keep) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts, {len(answers)} answers and {len(keep)} keep lengths; "
+                             "pass one answer (and keep length) per prompt")
         if not prompts:
             raise ValueError("InstructionData needs at least one (prompt, answer) pair")
         if not is_int(block_size, 1):
@@ -84,9 +95,15 @@ class InstructionData:
             if len(a) > block_size:
                 raise ValueError(f"example {i}: the answer has {len(a)} tokens, more than block_size={block_size}; "
                                  f"drop such pairs (e.g. build_pairs(max_call_chars=...)) or use a longer context")
-            keep = block_size + 1 - len(a)  # >= 1 prompt token, so the first answer token has context
-            if len(p) > keep:
-                p = p[-keep:]
+            room = block_size + 1 - len(a)  # >= 1 prompt token, so the first answer token has context
+            kept = len(tokenizer.encode(prompt[len(prompt) - keep[i]:])) if keep[i] else 0
+            if kept > room:
+                raise ValueError(
+                    f"example {i}: its answer ({len(a)} tokens) and the last {keep[i]} characters of its prompt "
+                    f"({kept} tokens, its instruction) need {len(a) + kept - 1} tokens, more than "
+                    f"block_size={block_size}; grow the context (grow_context) or leave such pairs out")
+            if len(p) > room:
+                p = p[-room:]
                 self.truncated += 1
             self.sequences.append(np.asarray(p + a, dtype=np.int64))
             self.prompt_lengths.append(len(p))
@@ -95,10 +112,24 @@ class InstructionData:
                      self.truncated, len(self), block_size)
 
     @classmethod
-    def from_pairs(cls, df, tokenizer, block_size: int, pad_id: int = 0) -> InstructionData:
-        """From a DataFrame with ``instruction`` and ``call`` columns (``lmkit.apicalls.build_pairs``)."""
-        return cls([format_prompt(s) for s in df["instruction"]], [format_answer(c) for c in df["call"]],
-                   tokenizer, block_size, pad_id)
+    def from_pairs(cls, df, tokenizer, block_size: int, pad_id: int = 0,
+                   documents: Sequence[str] | None = None) -> InstructionData:
+        """From a DataFrame with ``instruction`` and ``call`` columns (``lmkit.apicalls.build_pairs``).
+
+        ``documents`` (one per row, e.g. the oracle document of each API, ``lmkit.retrieval``) makes
+        the prompts retrieval-aware (``format_prompt(instruction, document)``); a prompt too long for
+        the context then loses the start of its document, never its instruction or its answer.
+        """
+        instructions = list(df["instruction"])
+        answers = [format_answer(c) for c in df["call"]]
+        if documents is None:
+            return cls([format_prompt(s) for s in instructions], answers, tokenizer, block_size, pad_id)
+        documents = list(documents)
+        if len(documents) != len(instructions):
+            raise ValueError(f"got {len(documents)} documents for {len(instructions)} pairs; pass one per pair")
+        prompts = [format_prompt(s, d) for s, d in zip(instructions, documents, strict=True)]
+        keep = [len(format_prompt(s)) for s in instructions]
+        return cls(prompts, answers, tokenizer, block_size, pad_id, keep)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -198,34 +229,66 @@ def extend_vocabulary(model: GPT, tokenizer: CharTokenizer, texts) -> tuple[GPT,
     return new_model, new_tok
 
 
+def grow_context(model: GPT, block_size: int) -> GPT:
+    """A copy of ``model`` whose context holds ``block_size`` tokens, every weight the same.
+
+    Rotary and sinusoidal position encodings are functions of the position, not weights: the copy
+    computes them for the longer context, so the positions the model was trained on mean exactly
+    what they meant (outputs on short inputs are unchanged) and the new ones follow the same
+    formula — the model still has to learn to use them, which fine-tuning on longer prompts does.
+    Learned position embeddings (GPT-2's ``wpe``) have one trained row per position and nothing
+    for the new ones: refused. A shorter ``block_size`` is refused too (it would drop nothing but
+    could surprise); the input is not changed.
+    """
+    if not is_int(block_size, 1):
+        raise ValueError(f"block_size={block_size!r} must be a positive integer")
+    if block_size < model.config.block_size:
+        raise ValueError(f"grow_context only grows: block_size={block_size} is below the model's "
+                         f"{model.config.block_size}; crop prompts instead")
+    if model.config.pos_encoding == "learned":
+        raise ValueError("this model learns one position embedding per position (pos_encoding='learned'), so "
+                         f"positions past {model.config.block_size} have none; grow_context needs 'rope' or "
+                         "'sinusoidal' (or crop the prompts to the model's context)")
+    device = next(model.parameters()).device
+    grown = GPT(dataclasses.replace(model.config, block_size=block_size)).to(device)
+    grown.load_state_dict(model.state_dict())
+    grown.train(model.training)
+    return grown
+
+
 @torch.no_grad()
-def generate_calls(model: GPT, tokenizer, instructions: Sequence[str], *, max_new_tokens: int = 64,
-                   batch_size: int = 32, greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
-                   seed: int = 0, chunk: int = 16, progress: bool = False) -> list[str]:
+def generate_calls(model: GPT, tokenizer, instructions: Sequence[str], *, documents: Sequence[str | None] | None = None,
+                   max_new_tokens: int = 64, batch_size: int = 32, greedy: bool = True, temperature: float = 1.0,
+                   top_k: int | None = None, seed: int = 0, progress: bool = False) -> list[str]:
     """The model's answer to each instruction: generated text up to (not including) the first newline.
 
-    Prompts are ``format_prompt(instruction)``; ``GPT.generate`` writes the continuation, greedily
-    (``top_k=1``) when ``greedy``, else sampled with ``temperature`` and ``top_k`` (seeded by ``seed``).
-    Prompts of equal token length are generated together, up to ``batch_size`` at a time (no padding
-    is needed, so greedy results equal one-by-one generation). Generation runs ``chunk`` tokens at a time
-    and stops once every row has written a newline, or after ``max_new_tokens``. A prompt longer than
-    the context keeps its last ``block_size`` tokens, as in training. ``progress`` shows a tqdm bar.
+    Prompts are ``format_prompt(instruction, document)``, with ``documents[i]`` when given (None: the
+    plain prompt); ``GPT.generate`` writes the continuation, greedily (``top_k=1``) when ``greedy``,
+    else sampled with ``temperature`` and ``top_k`` (seeded by ``seed``), and stops each row at its
+    first newline (``stop_ids``), or after ``max_new_tokens``. Prompts of equal token length are
+    generated together, up to ``batch_size`` at a time (no padding is needed, so greedy results equal
+    one-by-one generation). A prompt longer than the context keeps its last ``block_size`` tokens,
+    as in training. ``progress`` shows a tqdm bar.
     """
     instructions = list(instructions)
+    documents = [None] * len(instructions) if documents is None else list(documents)
+    if len(documents) != len(instructions):
+        raise ValueError(f"got {len(documents)} documents for {len(instructions)} instructions; pass one per "
+                         "instruction (None for none)")
     newline = tokenizer.encode(ANSWER_END)
     if len(newline) != 1:
         raise ValueError(f"the tokenizer must encode {ANSWER_END!r} as one token, got {newline}")
-    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("chunk", chunk)):
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if not is_int(value, 1):
             raise ValueError(f"{name}={value!r} must be a positive integer")
     block = model.config.block_size
     prompts = []
-    for i, text in enumerate(instructions):
+    for i, (text, document) in enumerate(zip(instructions, documents, strict=True)):
         try:
-            prompts.append(tokenizer.encode(format_prompt(text))[-block:])
+            prompts.append(tokenizer.encode(format_prompt(text, document))[-block:])
         except ValueError as e:
-            raise ValueError(f"instruction {i} cannot be encoded ({e}); extend the vocabulary with every "
-                             "instruction first (extend_vocabulary)") from None
+            raise ValueError(f"instruction {i} or its document cannot be encoded ({e}); extend the vocabulary "
+                             "with every instruction and document first (extend_vocabulary)") from None
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     sampling = {"top_k": 1} if greedy else {"temperature": temperature, "top_k": top_k, "generator": generator}
@@ -244,15 +307,9 @@ def generate_calls(model: GPT, tokenizer, instructions: Sequence[str], *, max_ne
     with tqdm(total=len(prompts), desc="generating", unit="call", mininterval=1.0, disable=not progress) as bar:
         for group in groups:
             idx = torch.tensor([prompts[i] for i in group], dtype=torch.long, device=device)  # (B, T)
-            new = idx[:, :0]  # (B, tokens generated so far)
-            while new.size(1) < max_new_tokens:
-                context = torch.cat([idx, new], dim=1)[:, -block:]  # what generate would crop to anyway
-                out = model.generate(context, min(chunk, max_new_tokens - new.size(1)), **sampling)
-                new = torch.cat([new, out[:, context.size(1):]], dim=1)
-                if bool((new == newline[0]).any(dim=1).all()):
-                    break
+            out = model.generate(idx, max_new_tokens, stop_ids=newline, **sampling)
             for row, i in enumerate(group):
-                results[i] = tokenizer.decode(new[row].tolist()).split(ANSWER_END, 1)[0]
+                results[i] = tokenizer.decode(out[row, idx.size(1):].tolist()).split(ANSWER_END, 1)[0]
             bar.update(len(group))
     model.train(was_training)
     return results

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .device import available_memory, gib
+from .params import is_int
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k, v), each (B, nh, S, hs)
 
@@ -309,31 +310,36 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
-                 generator=None):
-        """Append ``max_new_tokens`` sampled tokens to idx (B, T) and return the (B, T + new) result.
+                 generator=None, stop_ids=None):
+        """Append up to ``max_new_tokens`` sampled tokens to idx (B, T) and return the (B, T + new) result.
 
         temperature > 0 scales the logits; ``top_k`` keeps the k most likely tokens (``top_k=1`` is
         greedy decoding); ``top_p`` keeps the smallest set whose probability reaches p (nucleus).
         A prompt longer than block_size is cropped to its last block_size tokens, with a warning.
         With ``use_cache`` each step feeds only the newest token and reuses cached keys and values;
         once the context is full, every step recomputes the last block_size tokens, exactly as the
-        uncached path does, so both give the same tokens.
+        uncached path does, so both give the same tokens. ``stop_ids`` (token ids, e.g. a newline's):
+        a row that writes one is finished, and is padded with ``stop_ids[0]`` while the others go on;
+        generation ends as soon as every row has finished.
         """
-        idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
-        new = list(self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, stop_ids)
+        new = list(self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, stop_ids))
         return torch.cat([idx, *new], dim=1)
 
     @torch.no_grad()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, generator=None):
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True, generator=None,
+               stop_ids=None):
         """``generate``, one step at a time: yields each new token (B, 1) as soon as it is sampled."""
-        idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
-        yield from self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        idx = self._check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, stop_ids)
+        yield from self._steps(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, stop_ids)
 
-    def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator):
+    def _steps(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, stop_ids=None):
         n = self.config.block_size
         if idx.size(1) > n:
             warnings.warn(f"prompt of {idx.size(1)} tokens is longer than block_size={n}; "
                           f"generating from its last {n} tokens", stacklevel=3)
+        stop = None if stop_ids is None else torch.tensor(list(stop_ids), device=idx.device)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
         past = None
         for _ in range(max_new_tokens):
             if past is not None and past[0][0].size(2) < n:
@@ -342,10 +348,15 @@ class GPT(nn.Module):
                 out = self(idx[:, -n:], use_cache=use_cache)
             past = out.past_key_values
             next_id = sample_next(out.logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            if stop is not None:
+                next_id = torch.where(finished[:, None], stop[0], next_id)
+                finished |= torch.isin(next_id[:, 0], stop)
             idx = torch.cat([idx, next_id], dim=1)
             yield next_id
+            if stop is not None and bool(finished.all()):
+                return
 
-    def _check_generate_args(self, idx, max_new_tokens, temperature, top_k, top_p):
+    def _check_generate_args(self, idx, max_new_tokens, temperature, top_k, top_p, stop_ids=None):
         if not torch.is_tensor(idx):
             idx = torch.as_tensor(idx, dtype=torch.long, device=self.lm_head.weight.device)
         if idx.dim() == 1:
@@ -368,6 +379,10 @@ class GPT(nn.Module):
             raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+        if stop_ids is not None and (isinstance(stop_ids, (str, bytes)) or not list(stop_ids) or not all(
+                is_int(t, 0, self.config.vocab_size - 1) for t in stop_ids)):
+            raise ValueError(f"stop_ids={stop_ids!r} must be a non-empty list of token ids in "
+                             f"[0, {self.config.vocab_size}), e.g. [tokenizer.encode('\\n')[0]]")
         return idx.long()
 
     @classmethod

@@ -117,6 +117,34 @@ def test_kv_cache_greedy_equals_uncached(variant):
     assert torch.equal(cached, plain)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_generation_stops_each_row_at_its_stop_id_with_and_without_cache(variant):
+    m = tiny(**variant)
+    prompt = ids(3, 5)
+    free = m.generate(prompt, 30, top_k=1)[:, 5:]  # what each row writes with no stop
+    stop = int(free[0, 3])  # row 0 writes it by its 4th token; the others may later or never
+    cached = m.generate(prompt, 30, top_k=1, use_cache=True, stop_ids=[stop])
+    plain = m.generate(prompt, 30, top_k=1, use_cache=False, stop_ids=[stop])
+    assert torch.equal(cached, plain)
+    new = cached[:, 5:]
+    firsts = [int((row == stop).nonzero()[0]) if (row == stop).any() else None for row in free]
+    assert firsts[0] is not None and firsts[0] <= 3
+    expected_length = 30 if None in firsts else max(firsts) + 1  # ends once every row has stopped
+    assert new.shape == (3, expected_length)
+    for row, first in enumerate(firsts):
+        end = expected_length if first is None else first + 1
+        assert torch.equal(new[row, :end], free[row, :end])  # the same tokens up to and with the stop
+        assert (new[row, end:] == stop).all()  # then padding with the stop id
+    streamed = torch.cat(list(m.stream(prompt, 30, top_k=1, stop_ids=[stop])), dim=1)
+    assert torch.equal(streamed, new)
+
+
+@pytest.mark.parametrize("stop_ids", [[], [37], [-1], "\n", [1.5]])
+def test_generate_rejects_bad_stop_ids(stop_ids):
+    with pytest.raises(ValueError, match="stop_ids"):
+        tiny().generate(ids(1, 4), 3, stop_ids=stop_ids)
+
+
 def test_kv_cache_logits_equal_full_forward():
     m = tiny(pos_encoding="rope")
     x = ids(1, 12)

@@ -77,6 +77,12 @@ def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     assert table.loc["lora", "trainable"] < table.loc["full", "trainable"] == table.loc["full", "total"]
     assert {"minilm_accuracy", "api_test_ast_match", "api_train_exact_match"} <= set(summary["04_finetuning"])
     assert (finetune / "api_calls.csv").is_file() and (out / "04_finetuning.html").is_file()
+    (rat,) = finetune.glob("*-instruct-rat")  # section 5: retrieval-aware training, then Gorilla's matrix
+    assert checkpoint.newest_intact_checkpoint(rat).name == "step_000004" and checkpoint.read_info(
+        checkpoint.newest_intact_checkpoint(rat)).model_config.block_size > 128  # the context grew (RoPE)
+    matrix = pd.read_csv(finetune / "api_calls_rat.csv", index_col=[0, 1])
+    assert list(matrix.index) == [(m, d) for m in ("without RAT", "with RAT") for d in ("none", "BM25", "dense", "oracle")]
+    assert {"rat_oracle_ast_match", "bm25_recall_at_1", "dense_recall_at_1"} <= set(summary["04_finetuning"])
 
     # 05 evaluated the one pretraining run there (on the BPE data), the classifiers under noise, the harness task
     evaluation = summary["05_evaluation"]
@@ -117,11 +123,12 @@ def test_instruct_steps_0_skips_the_whole_of_task_2_in_04(tmp_path):
     out = runs.run_pipeline([runs.NOTEBOOK_DIR / "04_finetuning.ipynb"], profile=tmp_path / "p.yaml",
                             runs_root=tmp_path / "runs")
     cells = nbformat.read(out / "04_finetuning.ipynb", as_version=4).cells
-    marked = [c for c in cells if c.cell_type == "code" and c.source.startswith("# task 2")]
-    assert len(marked) == 6 and all(not c.outputs for c in marked)
-    switch = next(c for c in cells if c.cell_type == "code" and c.source.startswith("skip_section("))
-    assert "task 2 skipped" in "".join(o.get("text", "") for o in switch.outputs)
+    marked = [c for c in cells if c.cell_type == "code" and c.source.startswith(("# task 2", "# rat"))]
+    assert len(marked) == 6 + 7 and all(not c.outputs for c in marked)  # task 2, and section 5 (RAT) with it
+    switches = [c for c in cells if c.cell_type == "code" and c.source.startswith("skip_section(")]
+    said = ["".join(o.get("text", "") for o in c.outputs) for c in switches]
+    assert "task 2 skipped" in said[0] and "section 5 skipped" in said[1]
     summary = json.loads((out / "summary.json").read_text())["04_finetuning"]
     assert "probe_accuracy" in summary and not any(k.startswith("api_") for k in summary)
     finetune = tmp_path / "finetune" / summary["run"]
-    assert finetune.is_dir() and not list(finetune.glob("*-instruct")) and not (finetune / "api_calls.csv").exists()
+    assert finetune.is_dir() and not list(finetune.glob("*-instruct*")) and not (finetune / "api_calls.csv").exists()

@@ -35,7 +35,7 @@ from .data import (
 )
 from .evaluate import reliability_diagram, robustness_plot, run_comparison
 from .export import to_html, to_png
-from .finetune import confusion_matrices, method_comparison, metric_curves
+from .finetune import confusion_matrices, method_comparison, metric_curves, retrieval_matrix
 from .scaling import memory_growth_plot, scaling_plot
 from .training import HEALTHY_UPDATE_RATIO, loss_curves, lr_schedule, training_diagnostics
 
@@ -46,7 +46,7 @@ __all__ = [
     "model_view", "head_view", "attention_explorer_figure", "rollout_comparison", "head_scores_heatmap",
     "attention_evolution", "matrix_grid",
     "lr_schedule", "loss_curves", "HEALTHY_UPDATE_RATIO", "training_diagnostics",
-    "metric_curves", "method_comparison", "confusion_matrices",
+    "metric_curves", "method_comparison", "confusion_matrices", "retrieval_matrix",
     "reliability_diagram", "robustness_plot", "run_comparison",
     "scaling_plot", "memory_growth_plot", "to_html", "to_png",
 ]

@@ -86,3 +86,39 @@ def confusion_matrices(confusions: Mapping[str, pd.DataFrame], normalize: bool =
     fig.update_yaxes(title_text="true", row=1, col=1)
     fig.update_layout(height=360, width=max(420, 300 * len(names)))
     return style(fig, title, presentation)
+
+
+def retrieval_matrix(table: pd.DataFrame, published: pd.DataFrame | None = None,
+                     metrics: Sequence[str] = ("ast_match", "hallucination_rate"), title: str | None = None,
+                     presentation: bool = False) -> go.Figure:
+    """Gorilla's comparison as bars: one panel per metric, the test-time document along x, one bar per
+    model. ``table`` is ``lmkit.retrieval.evaluation_matrix``'s (a (model, document) row index);
+    ``published`` (same index, e.g. ``lmkit.retrieval.GORILLA_TFHUB``) adds the paper's figures as
+    open diamonds in each model's colour, where it has a value."""
+    if not isinstance(table, pd.DataFrame) or table.index.nlevels != 2:
+        raise TypeError("retrieval_matrix needs evaluation_matrix's table: a DataFrame indexed by (model, document)")
+    require_numeric(table, "retrieval_matrix", list(metrics))
+    models = list(dict.fromkeys(table.index.get_level_values(0)))
+    documents = list(dict.fromkeys(table.index.get_level_values(1)))
+    colours = colour_map(models)
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m.replace("_", " ") for m in metrics],
+                        horizontal_spacing=0.08)
+    for c, metric in enumerate(metrics, start=1):
+        for model in models:
+            values = [table[metric].get((model, d), np.nan) for d in documents]
+            fig.add_bar(x=documents, y=values, name=escaped(str(model)), marker_color=colours[model],
+                        legendgroup=str(model), showlegend=c == 1, row=1, col=c,
+                        text=[f"{v:.2f}" if np.isfinite(v) else "" for v in values], textposition="outside",
+                        hovertemplate=f"{escaped(str(model))}<br>document %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>")
+            if published is not None and metric in published.columns:
+                paper = [published[metric].get((model, d), np.nan) for d in documents]
+                if np.isfinite(paper).any():
+                    fig.add_scatter(x=documents, y=paper, mode="markers", name=f"{escaped(str(model))} (paper)",
+                                    marker=dict(symbol="diamond-open", size=12, color=colours[model], line_width=2),
+                                    legendgroup=f"{model} paper", showlegend=c == 1, row=1, col=c,
+                                    hovertemplate=f"Gorilla paper, {escaped(str(model))}<br>document %{{x}}<br>"
+                                                  f"{metric} %{{y:.3f}}<extra></extra>")
+        fig.update_yaxes(range=[0, 1.1], row=1, col=c)
+        fig.update_xaxes(title_text="document in the prompt at test time", row=1, col=c)
+    fig.update_layout(barmode="group", height=420)
+    return style(fig, title, presentation)
