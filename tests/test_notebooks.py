@@ -63,7 +63,7 @@ def test_the_numbered_notebooks_take_overridden_parameters(tmp_path):
     found = runs.load_runs(finetune.parent)
     inner = found[found["run"].str.startswith(finetune.name + "/")]  # the container itself is not a run
     methods = {"full", "lora", "probe", "scratch"}
-    assert len(inner) == 5 and set(inner["method"].dropna()) == methods and (inner["parent"] == str(parent)).all()
+    assert len(inner) == 6 and set(inner["method"].dropna()) == methods and (inner["parent"] == str(parent)).all()  # + instruct, instruct-rat
     for method in methods:  # every method's checkpoint loads as a classifier and names its parent
         (sub,) = finetune.glob(f"*-{method}")
         last = checkpoint.newest_intact_checkpoint(sub)
