@@ -36,7 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .apicalls import call_metrics, docstring_text, first_sentence, normalize_whitespace
-from .instruct import generate_calls
+from .instruct import format_answer, format_prompt, generate_calls
 from .params import is_int
 from .pretrained import load_minilm
 
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DOC_MAX_CHARS", "api_document", "api_documents", "BM25Retriever", "DenseRetriever",
            "recall_at_k", "retrieval_report", "renamed_copies", "GORILLA_TFHUB", "METRICS", "evaluation_matrix",
-           "score_matrix", "document_sources", "gorilla_findings"]
+           "score_matrix", "document_sources", "gorilla_findings", "store_positions",
+           "oracle_documents", "rat_context"]
 
 # Characters per document. The retrieval-aware prompt is the template (42 characters), the document,
 # the instruction (up to 180 characters among build_pairs' 640) and the call (up to 64), so with 64 the
@@ -175,21 +176,43 @@ class DenseRetriever:
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def document_sources(store: pd.DataFrame, pairs: pd.DataFrame, retrievers: Sequence = ()) -> dict[str, list | None]:
-    """The test-time documents of Gorilla's matrix for ``pairs``: ``"none"`` (None: the plain prompt),
-    each retriever's top-1 document from ``store`` (under its ``name``), and ``"oracle"``, the pair's
-    own document. ``store`` is ``api_documents``'s table and must hold every function of ``pairs``."""
+def store_positions(store: pd.DataFrame, pairs: pd.DataFrame) -> list[int]:
+    """The row of ``store`` (``api_documents``'s table) holding each pair's own document: the right
+    answer a retriever is scored against (``recall_at_k``). ValueError naming the missing functions."""
     position = {f: i for i, f in enumerate(store["function"])}
     missing = sorted(set(pairs["function"]) - set(position))
     if missing:
         raise ValueError(f"the store has no document for {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
                          "build it from every pair (api_documents(build_pairs(...)))")
+    return [position[f] for f in pairs["function"]]
+
+
+def oracle_documents(store: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """Each pair's own document from ``store``: what retrieval-aware training puts in the prompt."""
+    documents = list(store["document"])
+    return [documents[i] for i in store_positions(store, pairs)]
+
+
+def rat_context(store: pd.DataFrame, pairs: pd.DataFrame, tokenizer) -> int:
+    """The context (tokens) that holds any pair's retrieval-aware example with any document of
+    ``store`` in its prompt: the longest instruction and call with the longest document, so that a
+    retrieved document fits as well as the oracle one."""
+    longest = max(store["document"], key=lambda d: len(tokenizer.encode(d)))
+    return max(len(tokenizer.encode(format_prompt(s, longest) + format_answer(c))) - 1
+               for s, c in zip(pairs["instruction"], pairs["call"], strict=True))
+
+
+def document_sources(store: pd.DataFrame, pairs: pd.DataFrame, retrievers: Sequence = ()) -> dict[str, list | None]:
+    """The test-time documents of Gorilla's matrix for ``pairs``: ``"none"`` (None: the plain prompt),
+    each retriever's top-1 document from ``store`` (under its ``name``), and ``"oracle"``, the pair's
+    own document. ``store`` is ``api_documents``'s table and must hold every function of ``pairs``."""
+    oracle = oracle_documents(store, pairs)
     documents = list(store["document"])
     sources: dict[str, list | None] = {"none": None}
     for retriever in retrievers:
         top = retriever.search(pairs["instruction"].tolist(), 1)[:, 0]
         sources[retriever.name] = [documents[int(i)] for i in top]
-    sources["oracle"] = [documents[position[f]] for f in pairs["function"]]
+    sources["oracle"] = oracle
     return sources
 
 

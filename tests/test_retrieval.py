@@ -27,10 +27,13 @@ from lmkit.retrieval import (
     document_sources,
     evaluation_matrix,
     gorilla_findings,
+    oracle_documents,
+    rat_context,
     recall_at_k,
     renamed_copies,
     retrieval_report,
     score_matrix,
+    store_positions,
 )
 from lmkit.tokenizer import CharTokenizer
 
@@ -216,6 +219,11 @@ def test_document_sources_are_none_each_retrievers_top_hit_and_the_oracle():
     assert list(sources) == ["none", "BM25", "oracle"] and sources["none"] is None
     assert sources["oracle"] == [STORE[2], STORE[0]]
     assert sources["BM25"] == [STORE[3], STORE[0]]  # the first query finds uuid's document, not its own
+    assert store_positions(store, pairs) == [2, 0] and oracle_documents(store, pairs) == sources["oracle"]
+    tok = char_tokenizer()
+    calls = pd.DataFrame({"instruction": ["quote it.", "A longer instruction, this one."], "call": ["a.b(c)", "d.e()"]})
+    longest = max(STORE, key=len)  # the context holds the longest instruction + call with the longest document
+    assert rat_context(store, calls, tok) == len(format_prompt(calls["instruction"][1], longest) + "d.e()\n") - 1
     with pytest.raises(ValueError, match=r"no document for \['math.sqrt'\]"):
         document_sources(store, pd.DataFrame({"function": ["math.sqrt"], "instruction": ["root"]}))
 
